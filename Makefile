@@ -1,0 +1,65 @@
+# voiceface: `make shards` and `make test` set everything up on a fresh Debian/Ubuntu machine.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+MANIFEST ?=
+OUT ?= $(if $(MANIFEST),out/$(basename $(notdir $(MANIFEST))),out/demo)
+MIRROR ?=
+CONFIG ?=
+WORKERS ?= 2
+PYTEST_ARGS ?=
+
+SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng
+APT_PACKAGES := ffmpeg espeak-ng
+
+.PHONY: shards test bench lint format setup system-deps clean
+
+## shards: build shards (the demo with no MANIFEST; else MANIFEST=… OUT=… [MIRROR=…] [CONFIG=…])
+shards: setup
+ifeq ($(strip $(MANIFEST)),)
+	$(BIN)/voiceface demo --out $(OUT) --workers $(WORKERS) $(if $(CONFIG),--config $(CONFIG))
+else
+	$(BIN)/voiceface build $(MANIFEST) --out $(OUT) --workers $(WORKERS) $(if $(MIRROR),--mirror $(MIRROR)) $(if $(CONFIG),--config $(CONFIG))
+endif
+
+## test: the whole suite, offline
+test: setup
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+## bench: realtime factor per stage on a generated 240 s 480p talking head
+bench: setup
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+lint: setup
+	$(BIN)/ruff check pipeline flows tests benchmarks
+	$(BIN)/ruff format --check pipeline flows tests benchmarks
+
+format: setup
+	$(BIN)/ruff format pipeline flows tests benchmarks
+
+setup: system-deps $(STAMP)
+
+# ffmpeg (with ffprobe) and espeak-ng come from apt; as root directly, else through passwordless sudo.
+system-deps:
+	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages ($(APT_PACKAGES)) for:$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo"; \
+	  else echo "error: need$$missing. Run: sudo apt-get install -y $(APT_PACKAGES)   (then re-run make)"; exit 1; fi; \
+	  if ! command -v apt-get >/dev/null; then echo "error: no apt-get. Install$$missing with your package manager (ffmpeg must include ffprobe), then re-run make."; exit 1; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $(APT_PACKAGES) >/dev/null \
+	    || { echo "error: apt-get install failed. Run: sudo apt-get install -y $(APT_PACKAGES)"; exit 1; }; \
+	fi
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "error: $(PY) not found. Install Python 3.11 (e.g. apt-get install python3.11 python3.11-venv) or pass PY=/path/to/python3.11"; exit 1; }
+	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV) || { echo "error: could not create $(VENV). Run: sudo apt-get install -y python3.11-venv"; exit 1; }
+	$(BIN)/python -m pip install -q --upgrade "pip>=24"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+clean:
+	rm -rf out .pytest_cache

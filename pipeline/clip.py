@@ -1,0 +1,218 @@
+"""One clip from source to samples: resolve → probe → audio → speech windows → frames → faces.
+
+`run_clip` is the one place where a clip's failure is caught and turned into a status row, so one bad
+clip never stops a run; everything below it raises.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import sys
+import time
+import traceback
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import PIPELINE_VERSION
+from .config import SAMPLE_RATE, Config
+from .faces import Face, SpeakerTracker
+from .media import decode_audio, decode_frames_on_grid, probe
+from .reasons import FINAL_STATUSES, ClipError, Reason
+from .records import Clip, ClipStatus, samples_to_seconds
+from .shards import atomic_write_bytes, write_clip_tar
+from .sources import Source, resolve_source
+from .speech import speech_windows, wav_bytes
+from .splits import split_for_identity
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What every clip of a build shares. Plain data, so it pickles to remote workers."""
+
+    out: Path
+    cfg: Config
+    mirror: Path | None = None
+    base_dir: Path | None = None  # the manifest's directory, for relative paths
+
+    @property
+    def work(self) -> Path:
+        return self.out / ".work"
+
+    def clip_tar(self, clip_id: str) -> Path:
+        return self.work / "clips" / f"{clip_id}.tar"
+
+    def clip_status_path(self, clip_id: str) -> Path:
+        return self.work / "clips" / f"{clip_id}.json"
+
+    @property
+    def cache_key(self) -> str:
+        return f"{PIPELINE_VERSION}:{self.cfg.clip_hash()}"
+
+
+def split_of(clip: Clip, ctx: BuildContext) -> str:
+    return clip.split or split_for_identity(clip.identity, ctx.cfg.shards)
+
+
+def cached_status(clip: Clip, ctx: BuildContext) -> ClipStatus | None:
+    """The finished status of an earlier run with the same settings, if the clip needs no work."""
+    path = ctx.clip_status_path(clip.clip_id)
+    if not path.exists():
+        return None
+    status = ClipStatus.from_dict(json.loads(path.read_text()))
+    if status.cache_key != ctx.cache_key or status.status not in FINAL_STATUSES:
+        return None
+    if status.status == "ok" and not ctx.clip_tar(clip.clip_id).exists():
+        return None
+    return status
+
+
+def run_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
+    """Process one clip and record its status; never raises for a bad clip (a bug becomes internal_error)."""
+    t0 = time.perf_counter()
+    base = dict(id=clip.clip_id, line=clip.line, identity=clip.identity, split=split_of(clip, ctx))
+    try:
+        status = process_clip(clip, ctx)
+    except ClipError as err:
+        status = ClipStatus(**base, status=err.status, reason=str(err.reason), detail=err.detail)
+    except Exception as err:  # a bug: record it loudly, and let the other clips go on
+        traceback.print_exc(file=sys.stderr)
+        status = ClipStatus(
+            **base, status="failed", reason=str(Reason.INTERNAL_ERROR), detail=f"{type(err).__name__}: {err}"
+        )
+    finally:
+        shutil.rmtree(ctx.work / "downloads" / clip.clip_id, ignore_errors=True)
+    status.cache_key = ctx.cache_key
+    status.seconds = round(time.perf_counter() - t0, 3)
+    ctx.clip_status_path(clip.clip_id).parent.mkdir(parents=True, exist_ok=True)
+    # the status file is written last: it is the clip's completion marker
+    atomic_write_bytes(ctx.clip_status_path(clip.clip_id), json.dumps(status.to_dict(), sort_keys=True).encode())
+    return status
+
+
+def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
+    """Resolve, decode and cut one clip, writing its samples to the clip tar. Raises ClipError."""
+    cfg = ctx.cfg
+    src = resolve_source(clip, cfg.download, ctx.work / "downloads", ctx.mirror, ctx.base_dir)
+    info = probe(src.path)
+    if not info.has_video:
+        raise ClipError(Reason.NO_VIDEO, f"{src.path.name} has no video stream")
+    if not info.has_audio:
+        raise ClipError(Reason.NO_AUDIO, f"{src.path.name} has no audio stream")
+
+    # the clip on the file's own timeline (a downloaded segment starts at the segment's start)
+    clip_start = clip.start or 0
+    file_start_s = samples_to_seconds(clip_start - src.offset) if clip.start is not None else 0.0
+    if file_start_s < 0 or file_start_s >= info.duration:
+        raise ClipError(
+            Reason.SEGMENT_OUT_OF_RANGE, f"start {samples_to_seconds(clip_start):.3f}s is past the video's end"
+        )
+    duration_s = samples_to_seconds(clip.end - clip_start) if clip.end is not None else None
+    audio = decode_audio(src.path, file_start_s, duration_s)
+    expected_s = min(duration_s or float("inf"), info.duration - file_start_s)
+    got_s = len(audio) / SAMPLE_RATE
+    if expected_s - got_s > max(0.5, 0.1 * expected_s):
+        raise ClipError(Reason.CORRUPT_MEDIA, f"decoded {got_s:.2f}s of audio where {expected_s:.2f}s were expected")
+
+    W = cfg.speech.window_samples
+    windows, n_cut = speech_windows(audio, cfg.speech)
+    if n_cut == 0:
+        raise ClipError(Reason.TOO_SHORT, f"{got_s:.2f}s of audio is shorter than one {W}-sample window")
+    rejections: Counter[str] = Counter({str(Reason.NO_SPEECH): n_cut - len(windows)} if n_cut > len(windows) else {})
+    if not windows:
+        raise ClipError(Reason.NO_SPEECH, f"none of {n_cut} windows has speech ratio >= {cfg.speech.min_speech_ratio}")
+
+    split = split_of(clip, ctx)
+    tracker = SpeakerTracker(cfg.faces, clip.hint)
+    by_index = {w.index: w for w in windows}
+    period_s = W / SAMPLE_RATE
+    choices: Counter[str] = Counter()
+    seen = set()
+
+    def samples():
+        frames = decode_frames_on_grid(src.path, info, file_start_s, period_s / 2, period_s, n_cut)
+        for frame in frames:
+            win = by_index.get(frame.index)
+            if win is None or frame.index in seen:
+                continue
+            seen.add(frame.index)
+            face = tracker(frame.rgb)
+            if not isinstance(face, Face):
+                rejections[str(face)] += 1
+                continue
+            choices[face.choice] += 1
+            yield make_sample(clip, src, split, win, audio, frame.time, face, ctx)
+
+    ctx.clip_tar(clip.clip_id).parent.mkdir(parents=True, exist_ok=True)
+    written = write_clip_tar(ctx.clip_tar(clip.clip_id), samples(), cfg.shards.mtime)
+    missing = len(windows) - len(seen)
+    if missing:
+        rejections[str(Reason.FRAME_MISSING)] += missing
+    choice = "hint" if choices["hint"] else "largest" if choices["largest"] else None
+    status = ClipStatus(
+        id=clip.clip_id,
+        status="ok",
+        line=clip.line,
+        identity=clip.identity,
+        split=split,
+        windows_written=written,
+        windows_total=n_cut,
+        window_rejections=dict(sorted(rejections.items())),
+        speaker_choice=choice,
+        detail=f"{written} of {n_cut} windows written ({src.kind} source)",
+    )
+    if written == 0:
+        face_reasons = {k: v for k, v in rejections.items() if k != Reason.NO_SPEECH}
+        reason = max(face_reasons, key=face_reasons.get) if face_reasons else str(Reason.NO_SPEECH)
+        status.status, status.reason = "rejected", reason
+        status.detail = f"no window kept: {dict(rejections)}"
+        ctx.clip_tar(clip.clip_id).unlink(missing_ok=True)
+    return status
+
+
+def make_sample(clip, src: Source, split, win, audio, frame_time_file_s, face: Face, ctx: BuildContext) -> dict:
+    """One WebDataset sample (all members already bytes) for a speech window and its face."""
+    cfg = ctx.cfg
+    W = cfg.speech.window_samples
+    clip_start = clip.start or 0
+    offset_s = samples_to_seconds(src.offset)
+    meta = {
+        "clip_id": clip.clip_id,
+        "identity": clip.identity,
+        "source": clip.source,
+        "split": split,
+        "window_index": win.index,
+        "window_start": round(samples_to_seconds(clip_start + win.start), 6),
+        "window_end": round(samples_to_seconds(clip_start + win.start + W), 6),
+        "frame_time": round(offset_s + frame_time_file_s, 6),
+        "sample_rate": SAMPLE_RATE,
+        "window_samples": W,
+        "bbox": list(face.bbox),
+        "landmarks5": face.landmarks5,
+        "det_score": face.det_score,
+        "face_px": face.width,
+        "faces_seen": face.n_faces,
+        "speaker_choice": face.choice,
+        "speech_ratio": win.speech_ratio,
+        "rms_dbfs": win.rms_dbfs,
+        "crop_size": cfg.faces.crop_size,
+        "pipeline_version": PIPELINE_VERSION,
+    }
+    jpg = io.BytesIO()
+    Image.fromarray(face.crop, "RGB").save(jpg, "JPEG", quality=cfg.faces.jpeg_quality)
+    sample = {
+        "__key__": f"{clip.clip_id}-{win.index:05d}",
+        "wav": wav_bytes(audio[win.start : win.start + W]),
+        "jpg": jpg.getvalue(),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+    if face.embedding is not None:
+        buf = io.BytesIO()
+        np.save(buf, face.embedding.astype(np.float32))
+        sample["dlib.npy"] = buf.getvalue()
+    return sample

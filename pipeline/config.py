@@ -1,0 +1,110 @@
+"""Stage configs: one frozen dataclass per stage, loaded from one optional YAML file.
+
+The YAML file has one mapping per stage, for example::
+
+    speech:
+      window_samples: 16384
+    faces:
+      embeddings: false
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+SAMPLE_RATE = 16000  # every window is 16 kHz mono int16; this is not a setting
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    max_height: int = 480  # the smallest usable format: faces need ~80 px, not HD
+    retries: int = 3  # attempts after the first, for transient errors only
+    backoff_s: float = 2.0  # first retry delay; doubles each attempt, with jitter
+    socket_timeout_s: float = 30.0
+    cookies: str | None = None  # Netscape cookies.txt, for videos YouTube hides from bots
+    sleep_interval_s: float = 0.0  # yt-dlp sleep before each download ...
+    max_sleep_interval_s: float = 0.0  # ... randomised up to this
+    download_archive: str | None = None  # yt-dlp archive file, used for whole-video downloads
+
+
+@dataclass(frozen=True)
+class SpeechConfig:
+    window_samples: int = 16000  # 1 s at 16 kHz; 16384 for the Wav2Pix paper's encoder
+    vad_aggressiveness: int = 2  # webrtcvad mode 0 (lenient) .. 3 (strict)
+    vad_frame_ms: int = 30  # webrtcvad accepts 10, 20 or 30 ms frames
+    min_speech_ratio: float = 0.5  # share of VAD frames in a window that must be speech
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    crop_size: int = 224  # aligned RGB crop, the VGG-Face / Speech2Face input size
+    crop_padding: float = 0.25  # dlib get_face_chip padding around the 5-point landmarks
+    min_face_px: int = 64  # faces narrower than this in the source frame are rejected
+    max_upsample: int = 1  # HOG upsampling tried when nothing is found (finds faces down to ~40 px)
+    detect_face_px: int = 96  # faces are rescaled to about this width before HOG (80 px window)
+    roi_margin: float = 1.0  # search this many face widths around the previous face
+    hint_max_dist: float = 1.0  # the x,y hint must lie within this many face widths of a face's centre
+    embeddings: bool = True  # write dlib.npy (the 128-D ResNet embedding)
+    jpeg_quality: int = 95
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    maxcount: int = 1000  # samples per shard
+    maxsize: int = 500_000_000  # bytes per shard
+    mtime: float = 0.0  # fixed tar mtime, so that shards are byte-reproducible
+    val_fraction: float = 0.1  # share of identities in val (by a stable hash of the identity)
+    test_fraction: float = 0.1
+    split_salt: str = "voiceface"  # change it to draw a different identity split
+
+
+@dataclass(frozen=True)
+class Config:
+    download: DownloadConfig = field(default_factory=DownloadConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
+    faces: FaceConfig = field(default_factory=FaceConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Config:
+        data = data or {}
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(sections)
+        if unknown:
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; valid: {sorted(sections)}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            stage_cls = f.default_factory  # type: ignore[misc]
+            values = data.get(f.name) or {}
+            valid = {sf.name for sf in dataclasses.fields(stage_cls)}
+            bad = set(values) - valid
+            if bad:
+                raise ValueError(f"unknown key(s) {sorted(bad)} in config section {f.name!r}; valid: {sorted(valid)}")
+            kwargs[f.name] = stage_cls(**values)
+        return cls(**kwargs)
+
+    def clip_hash(self) -> str:
+        """Hash of the settings that change a clip's samples (not how shards are packed)."""
+        relevant = {k: v for k, v in self.to_dict().items() if k != "shards"}
+        relevant["download"] = {"max_height": self.download.max_height}
+        return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read a YAML config file; None gives the defaults."""
+    if path is None:
+        return Config()
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if data is not None and not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a mapping of stage sections")
+    return Config.from_dict(data)

@@ -1,0 +1,184 @@
+"""dlib face stage: find the speaker's face in a frame, align it with the 5-point predictor,
+crop it to RGB and embed it with dlib's ResNet.
+
+Detection is the hot path, so a tracker per clip searches a region around the previous face, rescaled
+so the face is about `detect_face_px` wide (HOG's 80 px window), and falls back to the whole frame.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from .config import FaceConfig
+from .reasons import Reason
+
+Box = tuple[int, int, int, int]  # left, top, right, bottom in source-frame pixels
+FULL_FRAME_SIDE = 640  # first full-frame pass downsizes to this long side (finds faces >= 80/640 of it)
+
+_local = threading.local()
+
+
+class DlibModels:
+    """dlib's HOG detector, 5-point predictor and ResNet embedder, loaded once per thread
+    (dlib's DNN keeps scratch buffers, so one instance must not serve two threads at once)."""
+
+    def __init__(self):
+        import dlib
+
+        with warnings.catch_warnings():  # it imports the deprecated pkg_resources (hence setuptools<81)
+            warnings.simplefilter("ignore")
+            import face_recognition_models as frm
+
+        self.dlib = dlib
+        self.detector = dlib.get_frontal_face_detector()
+        self.predictor = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+        self.encoder = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+
+    @classmethod
+    def get(cls) -> DlibModels:
+        if getattr(_local, "models", None) is None:
+            _local.models = cls()
+        return _local.models
+
+
+@dataclass
+class Face:
+    bbox: Box
+    landmarks5: list[list[int]]
+    det_score: float
+    crop: np.ndarray  # (crop_size, crop_size, 3) uint8 RGB
+    embedding: np.ndarray | None  # (128,) float32
+    n_faces: int  # faces seen in the search area
+    choice: str  # only | hint | largest | track
+
+    @property
+    def width(self) -> int:
+        return self.bbox[2] - self.bbox[0]
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: Box
+    score: float
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
+
+
+def detect(models: DlibModels, rgb: np.ndarray, scale: float, upsample: int, origin=(0, 0)) -> list[Detection]:
+    """HOG detections in `rgb` resized by `scale`, mapped back to source pixels (+ origin)."""
+    img = rgb
+    if abs(scale - 1.0) > 1e-3:
+        h, w = rgb.shape[:2]
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+        img = np.asarray(Image.fromarray(rgb).resize(size, Image.BILINEAR))
+    rects, scores, _ = models.detector.run(img, upsample, 0.0)
+    ox, oy = origin
+    return [
+        Detection(
+            (
+                ox + round(r.left() / scale),
+                oy + round(r.top() / scale),
+                ox + round(r.right() / scale),
+                oy + round(r.bottom() / scale),
+            ),
+            float(s),
+        )
+        for r, s in zip(rects, scores, strict=True)
+    ]
+
+
+def _dist(a: tuple[float, float], b: tuple[float, float]) -> float:
+    return float(np.hypot(a[0] - b[0], a[1] - b[1]))
+
+
+class SpeakerTracker:
+    """Per-clip state: picks the speaker's face in successive frames of one clip."""
+
+    def __init__(self, cfg: FaceConfig, hint: tuple[float, float] | None, models: DlibModels | None = None):
+        self.cfg = cfg
+        self.hint = hint
+        self.models = models or DlibModels.get()
+        self.prev: Detection | None = None
+
+    # -- detection -------------------------------------------------------------------------------
+    def _search_roi(self, rgb: np.ndarray) -> list[Detection]:
+        p, (h, w) = self.prev, rgb.shape[:2]
+        m = self.cfg.roi_margin * p.width
+        l, t = max(0, int(p.box[0] - m)), max(0, int(p.box[1] - m))
+        r, b = min(w, int(p.box[2] + m)), min(h, int(p.box[3] + m))
+        if r - l < 16 or b - t < 16:
+            return []
+        scale = min(2.0, self.cfg.detect_face_px / max(p.width, 1))
+        return detect(self.models, rgb[t:b, l:r], scale, 0, origin=(l, t))
+
+    def _search_frame(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        if max(h, w) > FULL_FRAME_SIDE:
+            found = detect(self.models, rgb, FULL_FRAME_SIDE / max(h, w), 0)
+            if found:
+                return found
+        for up in range(0, self.cfg.max_upsample + 1):
+            found = detect(self.models, rgb, 1.0, up)
+            if found:
+                return found
+        return []
+
+    def _pick(self, found: list[Detection], frame_wh: tuple[int, int]) -> tuple[Detection | None, str]:
+        if self.prev is not None:
+            near = min(found, key=lambda d: _dist(d.centre, self.prev.centre))
+            if _dist(near.centre, self.prev.centre) <= 2 * self.prev.width:
+                return near, "track"
+        if self.hint is not None:
+            point = (self.hint[0] * frame_wh[0], self.hint[1] * frame_wh[1])
+            near = min(found, key=lambda d: _dist(d.centre, point))
+            if _dist(near.centre, point) <= self.cfg.hint_max_dist * max(near.width, 1):
+                return near, "hint"
+            return None, "hint"
+        if len(found) == 1:
+            return found[0], "only"
+        return max(found, key=lambda d: d.width), "largest"
+
+    def find(self, rgb: np.ndarray) -> tuple[Detection | None, str | Reason, int]:
+        """(speaker detection, how it was chosen, faces seen), or (None, reason, faces seen)."""
+        h, w = rgb.shape[:2]
+        found = self._search_roi(rgb) if self.prev is not None else []
+        if found:
+            best = min(found, key=lambda d: _dist(d.centre, self.prev.centre))
+            return best, "track", len(found)
+        found = self._search_frame(rgb)
+        if not found:
+            return None, Reason.NO_FACE, 0
+        det, choice = self._pick(found, (w, h))
+        if det is None:
+            return None, Reason.SPEAKER_NOT_FOUND, len(found)
+        return det, choice, len(found)
+
+    # -- the whole stage -------------------------------------------------------------------------
+    def __call__(self, rgb: np.ndarray) -> Face | Reason:
+        """The aligned speaker face of one frame, or the reason there is none."""
+        det, how, n = self.find(rgb)
+        if det is None:
+            return how  # type: ignore[return-value]
+        self.prev = det
+        if det.width < self.cfg.min_face_px:
+            return Reason.FACE_TOO_SMALL
+        dlib = self.models.dlib
+        rect = dlib.rectangle(*det.box)
+        shape = self.models.predictor(rgb, rect)
+        landmarks = [[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)]
+        crop = np.asarray(dlib.get_face_chip(rgb, shape, size=self.cfg.crop_size, padding=self.cfg.crop_padding))
+        emb = None
+        if self.cfg.embeddings:
+            emb = np.asarray(self.models.encoder.compute_face_descriptor(rgb, shape), dtype=np.float32)
+        return Face(det.box, landmarks, round(det.score, 4), crop, emb, n, how)

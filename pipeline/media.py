@@ -1,0 +1,181 @@
+"""ffprobe/ffmpeg: probe a source, decode its audio to 16 kHz mono int16, and decode only the
+frames at given times, in one ffmpeg process per clip (no per-window processes, no frames on disk).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .config import SAMPLE_RATE
+from .reasons import ClipError, Reason
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    duration: float  # seconds, of the file
+    width: int
+    height: int
+    fps: float
+    has_audio: bool
+    has_video: bool
+    audio_rate: int | None = None
+    audio_channels: int | None = None
+
+
+def require_ffmpeg() -> None:
+    missing = [b for b in ("ffmpeg", "ffprobe") if shutil.which(b) is None]
+    if missing:
+        raise RuntimeError(
+            f"{' and '.join(missing)} not found on PATH. Install it: `sudo apt-get install -y ffmpeg` "
+            "(or run `make shards`, which does it for you)."
+        )
+
+
+def _tail(text: str, n: int = 300) -> str:
+    text = " ".join(text.strip().split())
+    return text[-n:]
+
+
+def probe(path: Path) -> MediaInfo:
+    """Streams and duration of a media file; ClipError corrupt_media / no_video if unusable."""
+    cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise ClipError(Reason.CORRUPT_MEDIA, f"ffprobe: {_tail(r.stderr) or 'failed'}")
+    info = json.loads(r.stdout or "{}")
+    streams = info.get("streams", [])
+    video = next((s for s in streams if s.get("codec_type") == "video" and not _is_cover(s)), None)
+    audio = next((s for s in streams if s.get("codec_type") == "audio"), None)
+    duration = float(info.get("format", {}).get("duration") or (video or audio or {}).get("duration") or 0)
+    if video is None:
+        return MediaInfo(duration, 0, 0, 0.0, audio is not None, False)
+    w, h = int(video.get("width") or 0), int(video.get("height") or 0)
+    if _rotation(video) in (90, 270):
+        w, h = h, w  # ffmpeg autorotates on decode
+    return MediaInfo(
+        duration=duration,
+        width=w,
+        height=h,
+        fps=_rate(video.get("avg_frame_rate")) or _rate(video.get("r_frame_rate")) or 25.0,
+        has_audio=audio is not None,
+        has_video=w > 0 and h > 0,
+        audio_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
+        audio_channels=int(audio["channels"]) if audio and audio.get("channels") else None,
+    )
+
+
+def _is_cover(stream: dict) -> bool:
+    return bool(stream.get("disposition", {}).get("attached_pic"))
+
+
+def _rate(text: str | None) -> float:
+    if not text or text in ("0/0", "0"):
+        return 0.0
+    num, _, den = text.partition("/")
+    return float(num) / float(den or 1) if float(den or 1) else 0.0
+
+
+def _rotation(stream: dict) -> int:
+    for sd in stream.get("side_data_list", []) or []:
+        if "rotation" in sd:
+            return int(abs(float(sd["rotation"]))) % 360
+    return int(abs(float(stream.get("tags", {}).get("rotate", 0)))) % 360
+
+
+def decode_audio(path: Path, start_s: float, duration_s: float | None) -> np.ndarray:
+    """Audio of [start_s, start_s + duration_s) of the file as 16 kHz mono int16, any input layout."""
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start_s:.6f}", "-i", str(path)]
+    if duration_s is not None:
+        cmd += ["-t", f"{duration_s:.6f}"]
+    # first_pts=0 pads with silence if the audio stream starts after the seek point, so sample 0
+    # of the result is exactly start_s on the file's timeline
+    cmd += ["-map", "0:a:0", "-vn", "-af", f"aresample={SAMPLE_RATE}:async=1:first_pts=0"]
+    cmd += ["-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1"]
+    r = subprocess.run(cmd, capture_output=True)
+    if r.returncode != 0:
+        raise ClipError(Reason.CORRUPT_MEDIA, f"audio decode: {_tail(r.stderr.decode(errors='replace'))}")
+    return np.frombuffer(r.stdout, dtype="<i2").copy()
+
+
+_PTS_RE = re.compile(rb"\bn:\s*(\d+)\s+pts:\s*-?\d+\s+pts_time:(-?[0-9.e+-]+)")
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    index: int  # grid slot (window index)
+    time: float  # the frame's own time, seconds on the file's timeline
+    rgb: np.ndarray  # (H, W, 3) uint8, RGB
+
+
+def decode_frames_on_grid(
+    path: Path, info: MediaInfo, start_s: float, first_s: float, period_s: float, count: int
+) -> Iterator[DecodedFrame]:
+    """The frames shown at times start_s + first_s + k*period_s, k < count, from one ffmpeg process.
+
+    ffmpeg's select filter keeps the frame whose display interval [t, t + 1/fps) holds a grid time,
+    and showinfo reports its exact pts, so nothing drifts and only the selected frames reach Python.
+    """
+    if count <= 0:
+        return
+    d = 1.0 / (info.fps or 25.0)
+    c0, p = first_s, period_s
+    sel = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{c0 + count * p:.9f})"
+    cmd = [
+        "ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-ss", f"{start_s:.6f}", "-i", str(path),
+        "-t", f"{c0 + count * p + d:.6f}", "-map", "0:v:0", "-an", "-sn",
+        "-vf", f"select='{sel}',showinfo", "-fps_mode", "passthrough",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    times: list[float] = []
+    stderr_lines: list[bytes] = []
+    cond = threading.Condition()
+
+    def read_stderr():
+        for line in proc.stderr:  # type: ignore[union-attr]
+            m = _PTS_RE.search(line)
+            with cond:
+                if m and b"showinfo" in line:
+                    times.append(float(m.group(2)))
+                else:
+                    stderr_lines.append(line)
+                cond.notify_all()
+        with cond:
+            times.append(float("nan"))  # end marker
+            cond.notify_all()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    frame_bytes = info.width * info.height * 3
+    try:
+        n = 0
+        while True:
+            buf = proc.stdout.read(frame_bytes)  # type: ignore[union-attr]
+            if len(buf) < frame_bytes:
+                break
+            with cond:
+                cond.wait_for(lambda n=n: len(times) > n)
+                t = times[n]
+            n += 1
+            if t != t:  # NaN: showinfo line missing; cannot place the frame
+                break
+            k = int(np.floor((t + d - c0) / p))
+            rgb = np.frombuffer(buf, dtype=np.uint8).reshape(info.height, info.width, 3)
+            yield DecodedFrame(k, start_s + t, rgb)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        reader.join(timeout=5)
+    if proc.returncode not in (0, -9) and n == 0:
+        err = b"".join(stderr_lines).decode(errors="replace")
+        raise ClipError(Reason.CORRUPT_MEDIA, f"video decode: {_tail(err)}")

@@ -1,0 +1,51 @@
+"""The one list of status reason codes. Tests assert these exact strings."""
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    # manifest rows
+    BAD_ROW = "bad_row"  # a row that cannot be parsed or fails validation
+    DUPLICATE_ID = "duplicate_id"
+    OPTED_OUT = "opted_out"
+    # source resolution / download
+    FILE_NOT_FOUND = "file_not_found"
+    VIDEO_UNAVAILABLE = "video_unavailable"
+    PRIVATE_VIDEO = "private_video"
+    AGE_RESTRICTED = "age_restricted"
+    BOT_CHECK = "bot_check"
+    RATE_LIMITED = "rate_limited"
+    NETWORK_ERROR = "network_error"
+    UNSUPPORTED_URL = "unsupported_url"
+    DOWNLOAD_ERROR = "download_error"
+    # media
+    CORRUPT_MEDIA = "corrupt_media"
+    NO_AUDIO = "no_audio"
+    NO_VIDEO = "no_video"
+    SEGMENT_OUT_OF_RANGE = "segment_out_of_range"
+    # speech
+    TOO_SHORT = "too_short"
+    NO_SPEECH = "no_speech"
+    # faces (per window; a clip with no surviving window takes the most common one)
+    NO_FACE = "no_face"
+    FACE_TOO_SMALL = "face_too_small"
+    SPEAKER_NOT_FOUND = "speaker_not_found"  # faces found, none near the x,y hint
+    FRAME_MISSING = "frame_missing"  # the video ended before the window's centre
+    # a bug: caught once, in the clip runner, so one clip never stops a run
+    INTERNAL_ERROR = "internal_error"
+
+
+# Failures that may pass on a later attempt: retried with backoff, and redone on re-run.
+TRANSIENT = frozenset({Reason.RATE_LIMITED, Reason.NETWORK_ERROR})
+# Statuses a re-run does not redo (unless the clip's config or the pipeline version changed).
+FINAL_STATUSES = frozenset({"ok", "rejected"})
+
+
+class ClipError(Exception):
+    """A clip cannot go on: carries the reason code, a detail and whether it is a failure or a rejection."""
+
+    def __init__(self, reason: Reason, detail: str = "", status: str = "rejected"):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.status = status

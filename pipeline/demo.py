@@ -32,7 +32,7 @@ def make_demo_media(media_dir: Path) -> list[Path]:
             "two-faces": lambda: (
                 [Placement(a, 130, 210, 240), Placement(g, 140, 620, 240)], 11, voice("en-us+f4"), 44100, 2),
             # rejected: speech, but no face anywhere
-            "coffee-talk": lambda: ([Placement(no_face(), 300, W / 2, H / 2)], 6, voice("en-us+m3"), 44100, 2),
+            "coffee-talk": lambda: ([Placement(no_face(), 400, W / 2, H / 2)], 6, voice("en-us+m3"), 44100, 2),
             # rejected: a face, but silence
             "astronaut-silent": lambda: ([Placement(a, 150, 400, 230)], 6, silence_wav(tmp / "sil.wav", 6), 16000, 1),
         }  # fmt: skip

@@ -101,8 +101,11 @@ def decode_audio(path: Path, start_s: float, duration_s: float | None) -> np.nda
     cmd += ["-map", "0:a:0", "-vn", "-af", f"aresample={SAMPLE_RATE}:async=1:first_pts=0"]
     cmd += ["-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1"]
     r = subprocess.run(cmd, capture_output=True)
+    err = r.stderr.decode(errors="replace")
     if r.returncode != 0:
-        raise ClipError(Reason.CORRUPT_MEDIA, f"audio decode: {_tail(r.stderr.decode(errors='replace'))}")
+        raise ClipError(Reason.CORRUPT_MEDIA, f"audio decode: {_tail(err)}")
+    if "partial file" in err:  # ffmpeg exits 0 on a truncated mp4 and decodes what is there
+        raise ClipError(Reason.CORRUPT_MEDIA, f"truncated file: {_tail(err, 200)}")
     return np.frombuffer(r.stdout, dtype="<i2").copy()
 
 
@@ -128,7 +131,7 @@ def decode_frames_on_grid(
         return
     d = 1.0 / (info.fps or 25.0)
     c0, p = first_s, period_s
-    sel = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{c0 + count * p:.9f})"
+    sel = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{c0 + (count - 0.5) * p:.9f})"
     cmd = [
         "ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-ss", f"{start_s:.6f}", "-i", str(path),
         "-t", f"{c0 + count * p + d:.6f}", "-map", "0:v:0", "-an", "-sn",

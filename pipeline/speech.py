@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import wave
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
@@ -25,20 +24,20 @@ def window_starts(n_samples: int, window: int) -> list[int]:
     return list(range(0, n_samples - window + 1, window))
 
 
-@lru_cache(maxsize=4)
-def _vad(mode: int):
+def new_vad(cfg: SpeechConfig):
+    """A webrtcvad instance. It keeps state between frames, so one per clip, never shared by threads."""
     import webrtcvad
 
-    return webrtcvad.Vad(mode)
+    return webrtcvad.Vad(cfg.vad_aggressiveness)
 
 
-def speech_ratio(audio: np.ndarray, cfg: SpeechConfig) -> float:
+def speech_ratio(audio: np.ndarray, cfg: SpeechConfig, vad=None) -> float:
     """Share of cfg.vad_frame_ms frames webrtcvad marks as speech."""
     frame = SAMPLE_RATE * cfg.vad_frame_ms // 1000
     n = len(audio) // frame
     if n == 0:
         return 0.0
-    vad = _vad(cfg.vad_aggressiveness)
+    vad = vad or new_vad(cfg)
     data = audio[: n * frame].astype("<i2").tobytes()
     step = frame * 2
     voiced = sum(vad.is_speech(data[i * step : (i + 1) * step], SAMPLE_RATE) for i in range(n))
@@ -54,9 +53,10 @@ def speech_windows(audio: np.ndarray, cfg: SpeechConfig) -> tuple[list[SpeechWin
     """(windows with enough speech, number of windows cut). Both empty means the clip is too short."""
     starts = window_starts(len(audio), cfg.window_samples)
     kept = []
+    vad = new_vad(cfg)
     for k, s in enumerate(starts):
         chunk = audio[s : s + cfg.window_samples]
-        ratio = speech_ratio(chunk, cfg)
+        ratio = speech_ratio(chunk, cfg, vad)
         if ratio >= cfg.min_speech_ratio:
             kept.append(SpeechWindow(k, s, round(ratio, 4), round(rms_dbfs(chunk), 2)))
     return kept, len(starts)

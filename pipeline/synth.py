@@ -48,7 +48,8 @@ def no_face() -> Photo:
     """A cup of coffee (public domain, scikit-image): a picture with no face in it."""
     from skimage.data import coffee
 
-    return Photo(coffee(), (0, 0, 0, 0), "coffee")
+    img = coffee()
+    return Photo(img, (0, 0, img.shape[1], img.shape[0]), "coffee")  # "face" = the whole picture
 
 
 def require_espeak() -> str:
@@ -96,12 +97,12 @@ def talking_head(
         chain, last = [], "0:v"
         for i, p in enumerate(placements):
             l, t, r, b = p.photo.face_box
-            scale = p.face_px / max(r - l, 1) if r > l else p.face_px / 100
+            scale = p.face_px / (r - l)
             img = Image.fromarray(p.photo.image)
             img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
             png = Path(tmp) / f"p{i}.png"
             img.save(png)
-            fx, fy = ((l + r) / 2 * scale, (t + b) / 2 * scale) if r > l else (img.width / 2, img.height / 2)
+            fx, fy = (l + r) / 2 * scale, (t + b) / 2 * scale
             inputs += ["-loop", "1", "-framerate", str(fps), "-i", str(png)]
             x0, y0 = p.x - fx, p.y - fy
             chain.append(f"[{last}][{i + 1}:v]overlay=x='{x0:.3f}+{p.vx:.3f}*t':y={y0:.3f}:shortest=1[v{i}]")

@@ -1,0 +1,301 @@
+"""CPU cost of each pipeline stage on a generated 240 s, 854x480, 25 fps talking head (`make bench`).
+
+What is measured: CPU seconds (user + sys) of this process *and* of the child processes it waited for
+(ffprobe, ffmpeg), from getrusage(RUSAGE_SELF) + getrusage(RUSAGE_CHILDREN) deltas around each stage.
+The process is pinned to one core first (children and threads inherit it), so the figures read as
+"on one core"; wall time is recorded in the JSON only. The realtime factor is the video's duration
+divided by a stage's CPU seconds, and per-window ms divides by the number of 1 s windows cut.
+
+Stages, each timed on its own, in pipeline order:
+  probe            ffprobe of the file
+  audio decode     decode_audio: the whole file to 16 kHz mono int16
+  speech windows   speech_windows: webrtcvad over every window
+  frame decode     decode_frames_on_grid: the frame at each window centre, all frames consumed
+  faces            SpeakerTracker with embeddings off (HOG detection, 5-point landmarks, aligned crop)
+                   on the frames of the speech windows, held in memory from the previous stage
+  embeddings       the extra cost of embeddings on: dlib's ResNet descriptor for each face found above
+  samples          JPEG encode + sample assembly (make_sample) and the clip tar write
+Then end to end: pipeline.clip.run_clip on a Clip pointing at the file, once with embeddings on and once
+off, each into its own fresh BuildContext out dir under out/bench/ (deleted first: nothing cached).
+
+The dlib models are loaded (DlibModels.get()) and the lazily imported modules (webrtcvad, webdataset)
+imported before any timing, so neither model loading nor imports are counted.
+Figures are printed as a table and written to out/bench/bench_pipeline.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.clip import BuildContext, make_sample, run_clip
+from pipeline.config import SAMPLE_RATE, Config, FaceConfig
+from pipeline.faces import DlibModels, Face, SpeakerTracker
+from pipeline.media import decode_audio, decode_frames_on_grid, probe
+from pipeline.records import Clip
+from pipeline.shards import write_clip_tar
+from pipeline.sources import Source
+from pipeline.speech import speech_windows
+from pipeline.synth import Placement, astronaut, speech_wav, talking_head
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "out" / "bench"
+VIDEO = OUT / "talking-head-240s-480p.mp4"
+RESULTS = OUT / "bench_pipeline.json"
+
+SECONDS = 240
+SIZE = (854, 480)
+FPS = 25
+FACE_PX = 150
+# the face starts at x=180 and drifts right at 2 px/s: x=660 after 240 s, still wholly in the 854 px frame
+START_X, START_Y, VX = 180.0, 240.0, 2.0
+
+TARGET_EMB_ON = 12.0  # x realtime, end to end, embeddings on
+TARGET_EMB_OFF = 30.0  # x realtime, end to end, embeddings off
+WAV2PIX_REFERENCE = (
+    "Wav2Pix preprocessing method: about 13x here "
+    "(decode every frame into Python, Haar at 1 fps, PNG writes; no alignment, no embeddings)"
+)
+
+
+# -- media -------------------------------------------------------------------------------------------
+def ensure_video(path: Path = VIDEO) -> Path:
+    """The benchmark video, generated once (and again whenever it is missing)."""
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"generating {path.relative_to(ROOT)} ({SECONDS} s, {SIZE[0]}x{SIZE[1]}, {FPS} fps)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = speech_wav(Path(tmp) / "speech.wav")  # looped by talking_head to the video's length
+        partial = path.with_name(path.name + ".partial.mp4")
+        placement = Placement(astronaut(), FACE_PX, START_X, START_Y, vx=VX)
+        talking_head(partial, [placement], SECONDS, wav, size=SIZE, fps=FPS)
+        partial.replace(path)
+    return path
+
+
+# -- measuring ---------------------------------------------------------------------------------------
+def cpu_seconds() -> float:
+    """User + sys seconds of this process and of its waited-for children so far."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+@dataclass
+class Stage:
+    name: str
+    cpu_s: float = 0.0
+    wall_s: float = 0.0
+
+
+@dataclass
+class Bench:
+    video_s: float
+    windows: int = 0  # windows cut, the per-window denominator
+    stages: list[Stage] = field(default_factory=list)
+
+    @contextmanager
+    def stage(self, name: str):
+        """Time the block as a stage: CPU (self + children) and wall seconds."""
+        st = Stage(name)
+        c0, w0 = cpu_seconds(), time.perf_counter()
+        try:
+            yield st
+        finally:
+            st.cpu_s += cpu_seconds() - c0
+            st.wall_s += time.perf_counter() - w0
+            self.stages.append(st)
+
+    def realtime(self, cpu_s: float) -> float:
+        return self.video_s / cpu_s if cpu_s > 0 else float("inf")
+
+    def per_window_ms(self, cpu_s: float) -> float:
+        return 1000 * cpu_s / max(self.windows, 1)
+
+    def row(self, st: Stage) -> dict:
+        return {
+            "stage": st.name,
+            "cpu_s": round(st.cpu_s, 3),
+            "wall_s": round(st.wall_s, 3),
+            "realtime_x": round(self.realtime(st.cpu_s), 1),
+            "per_window_ms": round(self.per_window_ms(st.cpu_s), 2),
+        }
+
+
+def pin_to_one_core() -> str:
+    """Run this process (and, by inheritance, its threads and ffmpeg children) on one core."""
+    if not hasattr(os, "sched_setaffinity"):
+        return "not pinned (no sched_setaffinity on this platform)"
+    core = min(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    return f"pinned to core {core}"
+
+
+def warm_up() -> None:
+    """Load what the pipeline loads lazily, so that no stage pays for it."""
+    import webdataset  # noqa: F401  (imported by write_clip_tar)
+    import webrtcvad  # noqa: F401  (imported by speech._vad)
+
+    DlibModels.get()
+
+
+# -- stages ------------------------------------------------------------------------------------------
+def bench_stages(bench: Bench, video: Path, cfg: Config) -> dict:
+    """Each stage on its own, feeding the next; returns counts for the report."""
+    with bench.stage("probe"):
+        info = probe(video)
+    with bench.stage("audio decode"):
+        audio = decode_audio(video, 0.0, None)
+    with bench.stage("speech windows (VAD)"):
+        windows, n_cut = speech_windows(audio, cfg.speech)
+    bench.windows = n_cut
+    by_index = {w.index: w for w in windows}
+    period_s = cfg.speech.window_samples / SAMPLE_RATE
+
+    with bench.stage("frame decode (window centres)"):
+        frames = {}  # the frames of speech windows, kept for the face stage (as run_clip skips the others)
+        for f in decode_frames_on_grid(video, info, 0.0, period_s / 2, period_s, n_cut):
+            if f.index in by_index and f.index not in frames:
+                frames[f.index] = f
+
+    models = DlibModels.get()
+    with bench.stage("faces: detect + align + crop"):
+        tracker = SpeakerTracker(FaceConfig(embeddings=False), None, models)
+        faces = {k: face for k, f in frames.items() if isinstance(face := tracker(f.rgb), Face)}
+
+    with bench.stage("embeddings (extra, ResNet)"):
+        for k, face in faces.items():
+            face.embedding = embed(models, frames[k].rgb, face)
+
+    clip = bench_clip(video)
+    ctx = BuildContext(OUT / "stage-samples", cfg)
+    src = Source(video, 0, "local")
+    with tempfile.TemporaryDirectory() as tmp, bench.stage("JPEG encode + samples + tar"):
+        samples = (
+            make_sample(clip, src, "train", by_index[k], audio, frames[k].time, f, ctx)
+            for k, f in faces.items()
+        )
+        written = write_clip_tar(Path(tmp) / "bench.tar", samples, cfg.shards.mtime)
+    return {
+        "windows_cut": n_cut,
+        "speech_windows": len(windows),
+        "frames": len(frames),
+        "faces": len(faces),
+        "samples": written,
+    }
+
+
+def embed(models: DlibModels, rgb, face: Face):
+    """dlib's 128-D descriptor from the face's own 5 landmarks, as SpeakerTracker computes it."""
+    import numpy as np
+
+    dlib = models.dlib
+    points = [dlib.point(x, y) for x, y in face.landmarks5]
+    shape = dlib.full_object_detection(dlib.rectangle(*face.bbox), points)
+    return np.asarray(models.encoder.compute_face_descriptor(rgb, shape), dtype=np.float32)
+
+
+def bench_clip(video: Path) -> Clip:
+    return Clip(clip_id="bench", source=str(video), identity="bench", line=1)
+
+
+def bench_end_to_end(bench: Bench, video: Path, embeddings: bool) -> dict:
+    """run_clip from scratch into a fresh out dir; returns the row plus the clip's status."""
+    out = OUT / f"e2e-embeddings-{'on' if embeddings else 'off'}"
+    shutil.rmtree(out, ignore_errors=True)
+    ctx = BuildContext(out, Config(faces=FaceConfig(embeddings=embeddings)))
+    with bench.stage(f"end to end, embeddings {'on' if embeddings else 'off'}") as st:
+        status = run_clip(bench_clip(video), ctx)
+    bench.stages.remove(st)  # reported apart from the stages
+    if status.status != "ok":
+        raise SystemExit(f"end-to-end run failed: {status.status} {status.reason}: {status.detail}")
+    return {**bench.row(st), "windows_written": status.windows_written, "windows_total": status.windows_total}
+
+
+# -- report ------------------------------------------------------------------------------------------
+def print_table(rows: list[dict], total: dict) -> None:
+    print(f"\n{'stage':<34} {'CPU s':>8} {'x realtime':>11} {'ms/window':>10}")
+    print("-" * 66)
+    for r in [*rows, total]:
+        if r is total:
+            print("-" * 66)
+        print(f"{r['stage']:<34} {r['cpu_s']:>8.2f} {r['realtime_x']:>10.1f}x {r['per_window_ms']:>10.2f}")
+
+
+def print_end_to_end(on: dict, off: dict) -> None:
+    print("\nend to end (run_clip, fresh out dir, nothing cached):")
+    for r, target in ((on, TARGET_EMB_ON), (off, TARGET_EMB_OFF)):
+        verdict = "meets" if r["realtime_x"] >= target else "MISSES"
+        print(
+            f"  {r['stage']:<26} {r['cpu_s']:>7.2f} CPU s  {r['realtime_x']:>6.1f}x realtime  "
+            f"{r['per_window_ms']:>6.2f} ms/window  target >= {target:g}x: {verdict}"
+        )
+    print(f"  reference: {WAV2PIX_REFERENCE}")
+
+
+def results_json(info, pinned: str, counts: dict, rows: list[dict], total: dict, on: dict, off: dict) -> dict:
+    video = {"path": str(VIDEO.relative_to(ROOT)), "seconds": info.duration, "width": info.width}
+    video |= {"height": info.height, "fps": info.fps, "face_px": FACE_PX, "vx_px_per_s": VX}
+    method = {"cpu": "getrusage SELF + CHILDREN, user + sys", "affinity": pinned}
+    method["dlib_models_loaded_before_timing"] = True
+    end_to_end = {}
+    for key, r, target in (("embeddings_on", on, TARGET_EMB_ON), ("embeddings_off", off, TARGET_EMB_OFF)):
+        end_to_end[key] = {**r, "target_realtime_x": target, "meets": r["realtime_x"] >= target}
+    return {
+        "video": video,
+        "method": method,
+        "counts": counts,
+        "stages": rows,
+        "sum_of_stages": total,
+        "end_to_end": end_to_end,
+        "reference": WAV2PIX_REFERENCE,
+        "platform": {"python": platform.python_version(), "ffmpeg": ffmpeg_version()},
+    }
+
+
+def ffmpeg_version() -> str:
+    r = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True)
+    return r.stdout.split("\n", 1)[0]
+
+
+def main() -> int:
+    pinned = pin_to_one_core()
+    video = ensure_video()
+    warm_up()
+    info = probe(video)
+    bench = Bench(video_s=info.duration)
+    print(f"video: {video.relative_to(ROOT)}, {info.duration:.1f} s, {info.width}x{info.height}@{info.fps:g}")
+    print(f"CPU seconds = user + sys of this process and its ffmpeg children; {pinned}")
+    print("dlib models loaded before timing (model load not counted)")
+
+    counts = bench_stages(bench, video, Config())
+    rows = [bench.row(st) for st in bench.stages]
+    cpu, wall = sum(s.cpu_s for s in bench.stages), sum(s.wall_s for s in bench.stages)
+    total = bench.row(Stage("sum of stages (embeddings on)", cpu, wall))
+    print(
+        f"windows: {counts['windows_cut']} cut, {counts['speech_windows']} with speech, "
+        f"{counts['faces']} faces, {counts['samples']} samples (ms/window divides by windows cut)"
+    )
+    print_table(rows, total)
+
+    on = bench_end_to_end(bench, video, embeddings=True)
+    off = bench_end_to_end(bench, video, embeddings=False)
+    print_end_to_end(on, off)
+
+    RESULTS.write_text(json.dumps(results_json(info, pinned, counts, rows, total, on, off), indent=2) + "\n")
+    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""One clip end to end through run_clip: every bad input gets its exact reason, good ones align."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.clip import BuildContext, run_clip
+from pipeline.config import Config, FaceConfig
+from pipeline.records import Clip
+from pipeline.shards import read_clip_tar
+from pipeline.synth import face_centre_at
+from tests.conftest import read_wav
+
+
+def ctx_for(tmp_path, **faces):
+    return BuildContext(out=tmp_path / "out", cfg=Config(faces=FaceConfig(**faces)))
+
+
+def run(path, tmp_path, clip_id="c1", start=None, end=None, hint=None, **faces):
+    x, y = hint or (None, None)
+    c = Clip(clip_id, str(path), "person", 1, start=start, end=end, x=x, y=y)
+    ctx = ctx_for(tmp_path, **faces)
+    return run_clip(c, ctx), ctx
+
+
+@pytest.mark.parametrize(
+    "name, status, reason",
+    [
+        ("truncated", "rejected", "corrupt_media"),
+        ("not_video", "rejected", "corrupt_media"),
+        ("no_audio", "rejected", "no_audio"),
+        ("coffee", "rejected", "no_face"),
+        ("silence", "rejected", "no_speech"),
+        ("short", "rejected", "too_short"),
+        ("small_face", "rejected", "face_too_small"),
+    ],
+)
+def test_bad_inputs_get_their_reason(media, tmp_path, name, status, reason):
+    s, ctx = run(getattr(media, name), tmp_path)
+    assert (s.status, s.reason, s.windows_written) == (status, reason, 0)
+    assert not ctx.clip_tar("c1").exists()
+    # the status is recorded on disk, so a re-run does not redo it
+    assert json.loads(ctx.clip_status_path("c1").read_text())["reason"] == reason
+
+
+def test_missing_file_fails(tmp_path):
+    s, _ = run(tmp_path / "nope.mp4", tmp_path)
+    assert (s.status, s.reason) == ("failed", "file_not_found")
+
+
+def test_segment_past_the_end_is_rejected(media, tmp_path):
+    s, _ = run(media.moving, tmp_path, start=20 * 16000, end=22 * 16000)
+    assert (s.status, s.reason) == ("rejected", "segment_out_of_range")
+
+
+def test_a_bug_is_recorded_as_internal_error(media, tmp_path, monkeypatch):
+    import pipeline.clip
+
+    def boom(*a, **k):
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(pipeline.clip, "probe", boom)
+    s, _ = run(media.moving, tmp_path)
+    assert (s.status, s.reason) == ("failed", "internal_error") and "ZeroDivisionError" in s.detail
+
+
+def test_samples_align_face_and_audio_with_the_source(media, tmp_path):
+    """The face bbox at frame_time is where the moving face is then, and the window's audio is the
+    source's audio at window_start, on the source timeline (the clip starts at 1.5 s)."""
+    s, ctx = run(media.moving, tmp_path, start=24000, end=8 * 16000)
+    assert s.status == "ok" and s.windows_written >= 5
+    source = read_wav(media.speech16k).astype(np.float64)
+    for sample in read_clip_tar(ctx.clip_tar("c1")):
+        meta = json.loads(sample["json"])
+        k = meta["window_index"]
+        assert sample["__key__"] == f"c1-{k:05d}"
+        assert meta["window_start"] == pytest.approx(1.5 + k, abs=1e-6)
+        assert meta["window_end"] == pytest.approx(2.5 + k, abs=1e-6)
+        assert abs(meta["frame_time"] - (meta["window_start"] + 0.5)) <= 0.04 + 1e-6
+        # where the face really was at frame_time (±0.2 s of motion)
+        cx, cy = face_centre_at(media.moving_placement, meta["frame_time"])
+        l, t, r, b = meta["bbox"]
+        assert abs((l + r) / 2 - cx) <= 0.2 * 40 + 6 and abs((t + b) / 2 - cy) <= 8
+        # the window's audio sits at window_start in the source speech (±20 ms)
+        audio = read_wav(sample["wav"]).astype(np.float64)
+        assert len(audio) == 16000
+        expected = round(meta["window_start"] * 16000)
+        lags = list(range(max(0, expected - 1600), min(len(source) - 16000, expected + 1600), 4))
+        scores = [np.dot(audio, source[g : g + 16000]) / (np.linalg.norm(source[g : g + 16000]) + 1e-9) for g in lags]
+        assert abs(lags[int(np.argmax(scores))] - expected) <= 320
+        crop = np.asarray(Image.open(io.BytesIO(sample["jpg"])))
+        assert crop.shape == (224, 224, 3)
+        assert np.load(io.BytesIO(sample["dlib.npy"])).shape == (128,)
+
+
+def test_hint_picks_the_face_on_the_right(media, tmp_path):
+    s, ctx = run(media.two_faces, tmp_path, hint=(480 / 640, 0.5))
+    assert s.status == "ok" and s.speaker_choice == "hint"
+    for sample in read_clip_tar(ctx.clip_tar("c1")):
+        l, _, r, _ = json.loads(sample["json"])["bbox"]
+        assert l > 320
+
+
+def test_embeddings_can_be_turned_off(media, tmp_path):
+    s, ctx = run(media.stereo48k, tmp_path, embeddings=False)
+    samples = list(read_clip_tar(ctx.clip_tar("c1")))
+    assert s.status == "ok" and samples and all("dlib.npy" not in x for x in samples)

@@ -72,7 +72,9 @@ def finish_build(plan: BuildPlan, done: dict[str, ClipStatus]) -> dict:
     packed: list[tuple[Path, str]] = []
     for clip in plan.manifest.clips:
         status = statuses[clip.clip_id]
-        status.split = split_of(clip, ctx)  # the split is a packing decision: it may change without media work
+        status.split = split_of(
+            clip, ctx
+        )  # the split is a packing decision: it may change without media work
         rows.append(status)
         if status.status == "ok":
             packed.append((ctx.clip_tar(clip.clip_id), status.split))

@@ -23,7 +23,7 @@ from . import PIPELINE_VERSION
 from .config import SAMPLE_RATE, Config
 from .faces import Face, SpeakerTracker
 from .media import decode_audio, decode_frames_on_grid, probe
-from .reasons import FINAL_STATUSES, ClipError, Reason
+from .reasons import ClipError, Reason, is_final
 from .records import Clip, ClipStatus, samples_to_seconds
 from .shards import atomic_write_bytes, write_clip_tar
 from .sources import Source, resolve_source
@@ -65,7 +65,7 @@ def cached_status(clip: Clip, ctx: BuildContext) -> ClipStatus | None:
     if not path.exists():
         return None
     status = ClipStatus.from_dict(json.loads(path.read_text()))
-    if status.cache_key != ctx.cache_key or status.status not in FINAL_STATUSES:
+    if status.cache_key != ctx.cache_key or not is_final(status.status, status.reason):
         return None
     if status.status == "ok" and not ctx.clip_tar(clip.clip_id).exists():
         return None
@@ -91,7 +91,9 @@ def run_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
     status.seconds = round(time.perf_counter() - t0, 3)
     ctx.clip_status_path(clip.clip_id).parent.mkdir(parents=True, exist_ok=True)
     # the status file is written last: it is the clip's completion marker
-    atomic_write_bytes(ctx.clip_status_path(clip.clip_id), json.dumps(status.to_dict(), sort_keys=True).encode())
+    atomic_write_bytes(
+        ctx.clip_status_path(clip.clip_id), json.dumps(status.to_dict(), sort_keys=True).encode()
+    )
     return status
 
 
@@ -110,22 +112,29 @@ def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
     file_start_s = samples_to_seconds(clip_start - src.offset) if clip.start is not None else 0.0
     if file_start_s < 0 or file_start_s >= info.duration:
         raise ClipError(
-            Reason.SEGMENT_OUT_OF_RANGE, f"start {samples_to_seconds(clip_start):.3f}s is past the video's end"
+            Reason.SEGMENT_OUT_OF_RANGE,
+            f"start {samples_to_seconds(clip_start):.3f}s is past the video's end",
         )
     duration_s = samples_to_seconds(clip.end - clip_start) if clip.end is not None else None
     audio = decode_audio(src.path, file_start_s, duration_s)
     expected_s = min(duration_s or float("inf"), info.duration - file_start_s)
     got_s = len(audio) / SAMPLE_RATE
     if expected_s - got_s > max(0.5, 0.1 * expected_s):
-        raise ClipError(Reason.CORRUPT_MEDIA, f"decoded {got_s:.2f}s of audio where {expected_s:.2f}s were expected")
+        raise ClipError(
+            Reason.CORRUPT_MEDIA, f"decoded {got_s:.2f}s of audio where {expected_s:.2f}s were expected"
+        )
 
     W = cfg.speech.window_samples
     windows, n_cut = speech_windows(audio, cfg.speech)
     if n_cut == 0:
         raise ClipError(Reason.TOO_SHORT, f"{got_s:.2f}s of audio is shorter than one {W}-sample window")
-    rejections: Counter[str] = Counter({str(Reason.NO_SPEECH): n_cut - len(windows)} if n_cut > len(windows) else {})
+    rejections: Counter[str] = Counter(
+        {str(Reason.NO_SPEECH): n_cut - len(windows)} if n_cut > len(windows) else {}
+    )
     if not windows:
-        raise ClipError(Reason.NO_SPEECH, f"none of {n_cut} windows has speech ratio >= {cfg.speech.min_speech_ratio}")
+        raise ClipError(
+            Reason.NO_SPEECH, f"none of {n_cut} windows has speech ratio >= {cfg.speech.min_speech_ratio}"
+        )
 
     split = split_of(clip, ctx)
     tracker = SpeakerTracker(cfg.faces, clip.hint)
@@ -175,7 +184,9 @@ def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
     return status
 
 
-def make_sample(clip, src: Source, split, win, audio, frame_time_file_s, face: Face, ctx: BuildContext) -> dict:
+def make_sample(
+    clip, src: Source, split, win, audio, frame_time_file_s, face: Face, ctx: BuildContext
+) -> dict:
     """One WebDataset sample (all members already bytes) for a speech window and its face."""
     cfg = ctx.cfg
     W = cfg.speech.window_samples

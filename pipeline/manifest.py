@@ -176,7 +176,9 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
         reader = csv.reader(f)
         # reader.line_num is the physical line a record ends on, which is what an editor shows
         numbered = [(reader.line_num, r) for r in reader]
-    numbered = [(n, r) for n, r in numbered if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
+    numbered = [
+        (n, r) for n, r in numbered if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")
+    ]
     manifest = Manifest()
     if not numbered:
         return manifest
@@ -185,7 +187,9 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
         header = [c.strip().lower() for c in numbered[0][1]]
         unknown = set(header) - set(GENERIC_COLUMNS)
         if unknown:
-            raise ValueError(f"{path}: unknown column(s) {sorted(unknown)}; known: {', '.join(GENERIC_COLUMNS)}")
+            raise ValueError(
+                f"{path}: unknown column(s) {sorted(unknown)}; known: {', '.join(GENERIC_COLUMNS)}"
+            )
         body = numbered[1:]
     else:
         manifest.format = "avspeech"

@@ -37,8 +37,16 @@ class Reason(StrEnum):
 
 # Failures that may pass on a later attempt: retried with backoff, and redone on re-run.
 TRANSIENT = frozenset({Reason.RATE_LIMITED, Reason.NETWORK_ERROR})
-# Statuses a re-run does not redo (unless the clip's config or the pipeline version changed).
-FINAL_STATUSES = frozenset({"ok", "rejected"})
+# Failures a re-run does not redo: the video is gone for good. Other failures (transient ones, a missing
+# local file that may have been added, a bug that may have been fixed) are redone.
+PERMANENT = frozenset(
+    {Reason.VIDEO_UNAVAILABLE, Reason.PRIVATE_VIDEO, Reason.AGE_RESTRICTED, Reason.UNSUPPORTED_URL}
+)
+
+
+def is_final(status: str, reason: str | None) -> bool:
+    """Whether a recorded clip status stands on a re-run with the same settings."""
+    return status in ("ok", "rejected") or (status == "failed" and reason in PERMANENT)
 
 
 class ClipError(Exception):

@@ -115,7 +115,18 @@ def talking_head(
         last = last if chain else "v"
         cmd += ["-filter_complex", vf, "-map", f"[{last}]"]
         if audio is not None:
-            cmd += ["-map", f"{n_in}:a", "-c:a", "aac", "-b:a", "96k", "-ar", str(audio_rate), "-ac", str(channels)]
+            cmd += [
+                "-map",
+                f"{n_in}:a",
+                "-c:a",
+                "aac",
+                "-b:a",
+                "96k",
+                "-ar",
+                str(audio_rate),
+                "-ac",
+                str(channels),
+            ]
         cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", "-r", str(fps)]
         cmd += ["-t", f"{seconds}"]
         if faststart:

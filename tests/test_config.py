@@ -17,7 +17,9 @@ def test_shard_settings_do_not_change_the_clip_hash():
     assert Config.from_dict({"shards": {"maxcount": 5}}).clip_hash() == Config().clip_hash()
 
 
-@pytest.mark.parametrize("text, message", [("speach: {}\n", "unknown config section"), ("faces:\n  size: 3\n", "unknown key")])
+@pytest.mark.parametrize(
+    "text, message", [("speach: {}\n", "unknown config section"), ("faces:\n  size: 3\n", "unknown key")]
+)
 def test_unknown_keys_are_errors(tmp_path, text, message):
     p = tmp_path / "c.yaml"
     p.write_text(text)

@@ -9,7 +9,9 @@ def write(tmp_path, text, name="m.csv"):
 
 
 def test_avspeech_rows_parse_with_times_in_samples(tmp_path):
-    m = read_manifest(write(tmp_path, "PmD-LzPS2rg,282.5823,285.5853,0.371875,0.425\n01qWxISqaHg,87,90,0.46875,0.3\n"))
+    m = read_manifest(
+        write(tmp_path, "PmD-LzPS2rg,282.5823,285.5853,0.371875,0.425\n01qWxISqaHg,87,90,0.46875,0.3\n")
+    )
     assert m.format == "avspeech"
     assert [c.clip_id for c in m.clips] == ["PmD-LzPS2rg_282582", "01qWxISqaHg_87000"]
     c = m.clips[0]
@@ -34,7 +36,14 @@ def test_bad_avspeech_rows_are_reported_with_line_and_the_rest_go_on(tmp_path):
     m = read_manifest(write(tmp_path, text + "\n"))
     assert [c.line for c in m.clips] == [1, 8]
     got = {(s.line, s.reason) for s in m.rejected}
-    assert got == {(2, "bad_row"), (3, "bad_row"), (4, "bad_row"), (5, "bad_row"), (6, "duplicate_id"), (7, "bad_row")}
+    assert got == {
+        (2, "bad_row"),
+        (3, "bad_row"),
+        (4, "bad_row"),
+        (5, "bad_row"),
+        (6, "duplicate_id"),
+        (7, "bad_row"),
+    }
     details = {s.line: s.detail for s in m.rejected}
     assert "line 2" in details[2] and "not a number" in details[2]
     assert "not before" in details[3]
@@ -64,7 +73,14 @@ def test_generic_rows_ids_identity_split_and_bad_rows(tmp_path):
     assert b.clip_id.startswith("talk-") and b.youtube_id is None
     assert yt.youtube_id == "PmD-LzPS2rg" and yt.identity == "PmD-LzPS2rg"
     reasons = {s.line: s.reason for s in m.rejected}
-    assert reasons == {5: "bad_row", 6: "bad_row", 7: "bad_row", 8: "bad_row", 9: "bad_row", 10: "duplicate_id"}
+    assert reasons == {
+        5: "bad_row",
+        6: "bad_row",
+        7: "bad_row",
+        8: "bad_row",
+        9: "bad_row",
+        10: "duplicate_id",
+    }
     ids = {s.line: s.id for s in m.rejected}
     assert ids[6] == "c1" and ids[5] == "line-5"
 
@@ -78,7 +94,9 @@ def test_derived_ids_are_stable_and_distinct(tmp_path):
 
 
 def test_optout_by_video_id_url_or_clip_id(tmp_path):
-    optout = read_optout(write(tmp_path, "# comment\nhttps://www.youtube.com/watch?v=aaaaaaaaaaa\nc1  # asked\n", "o.txt"))
+    optout = read_optout(
+        write(tmp_path, "# comment\nhttps://www.youtube.com/watch?v=aaaaaaaaaaa\nc1  # asked\n", "o.txt")
+    )
     m = read_manifest(
         write(tmp_path, "source,id\naaaaaaaaaaa,\nbbbbbbbbbbb,\nlocal.mp4,c1\n"),
         optout,

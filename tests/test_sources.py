@@ -72,10 +72,16 @@ def test_dead_host_is_network_error_after_retries(tmp_path):
     "message, reason",
     [
         ("ERROR: [youtube] abc: Private video. Sign in if you've been granted access", "private_video"),
-        ("ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader", "video_unavailable"),
+        (
+            "ERROR: [youtube] abc: Video unavailable. This video has been removed by the uploader",
+            "video_unavailable",
+        ),
         ("ERROR: [youtube] abc: Sign in to confirm you’re not a bot. Use --cookies", "bot_check"),
         ("ERROR: unable to download video data: HTTP Error 429: Too Many Requests", "rate_limited"),
-        ("ERROR: [youtube] abc: Sign in to confirm your age. This video may be inappropriate", "age_restricted"),
+        (
+            "ERROR: [youtube] abc: Sign in to confirm your age. This video may be inappropriate",
+            "age_restricted",
+        ),
         ("ERROR: Unable to download webpage: <urlopen error [Errno -3] Temporary failure>", "network_error"),
         ("ERROR: Unsupported URL: ftp://x", "unsupported_url"),
         ("ERROR: something new", "download_error"),

@@ -50,17 +50,11 @@ def build_shards(
         for fut in as_completed(futures):
             status = fut.result()
             done[status.id] = status
-            note = (
-                f"{status.windows_written} windows"
-                if status.status == "ok"
-                else f"{status.reason}: {status.detail}"
-            )
+            note = f"{status.windows_written} windows" if status.status == "ok" else f"{status.reason}: {status.detail}"
             print(f"[{len(done)}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s")
     summary = finish_build(plan, done)
     print("\n" + format_summary(summary))
-    print(
-        f"shards: {Path(out) / 'shards'}\nclips: {Path(out) / 'clips.jsonl'}\nreport: {Path(out) / 'summary.json'}"
-    )
+    print(f"shards: {Path(out) / 'shards'}\nclips: {Path(out) / 'clips.jsonl'}\nreport: {Path(out) / 'summary.json'}")
     return summary
 
 

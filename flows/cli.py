@@ -32,9 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         help="build shards from a manifest",
         description="Build WebDataset shards from a manifest (AVSpeech or generic CSV).",
     )
-    b.add_argument(
-        "manifest", help="CSV manifest: AVSpeech rows (no header) or a header with at least `source`"
-    )
+    b.add_argument("manifest", help="CSV manifest: AVSpeech rows (no header) or a header with at least `source`")
     b.add_argument("--out", required=True, help="output directory (shards/, clips.jsonl, summary.json)")
     b.add_argument("--mirror", help="directory of <id>.<ext> videos, tried before local paths and downloads")
     _add_build_args(b)
@@ -45,9 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate the bundled demo's media (public-domain photos + espeak-ng speech) and build its shards.",
     )
     d.add_argument("--out", default="out/demo", help="output directory")
-    d.add_argument(
-        "--media", default="out/demo-media", help="where the generated demo videos go (the build's mirror)"
-    )
+    d.add_argument("--media", default="out/demo-media", help="where the generated demo videos go (the build's mirror)")
     _add_build_args(d)
 
     args = parser.parse_args(argv)

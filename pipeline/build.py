@@ -72,9 +72,7 @@ def finish_build(plan: BuildPlan, done: dict[str, ClipStatus]) -> dict:
     packed: list[tuple[Path, str]] = []
     for clip in plan.manifest.clips:
         status = statuses[clip.clip_id]
-        status.split = split_of(
-            clip, ctx
-        )  # the split is a packing decision: it may change without media work
+        status.split = split_of(clip, ctx)  # the split is a packing decision: it may change without media work
         rows.append(status)
         if status.status == "ok":
             packed.append((ctx.clip_tar(clip.clip_id), status.split))
@@ -127,9 +125,10 @@ def format_summary(summary: dict) -> str:
     reasons = ", ".join(f"{k}={v}" for k, v in summary["reasons"].items()) or "none"
     windows = ", ".join(f"{k}={v}" for k, v in summary["window_rejections"].items()) or "none"
     shards = ", ".join(f"{k}={v}" for k, v in summary["shards"].items()) or "none"
+    s = summary
     return (
-        f"clips: {summary['clips_ok']} ok, {summary['clips_rejected']} rejected, {summary['clips_failed']} failed "
-        f"of {summary['manifest_rows']} rows ({summary['clips_processed']} processed, {summary['clips_cached']} cached)\n"
+        f"clips: {s['clips_ok']} ok, {s['clips_rejected']} rejected, {s['clips_failed']} failed "
+        f"of {s['manifest_rows']} rows ({s['clips_processed']} processed, {s['clips_cached']} cached)\n"
         f"clip reasons: {reasons}\n"
         f"window rejections: {windows}\n"
         f"samples: {summary['samples']} in shards {shards}\n"

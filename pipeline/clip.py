@@ -91,9 +91,7 @@ def run_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
     status.seconds = round(time.perf_counter() - t0, 3)
     ctx.clip_status_path(clip.clip_id).parent.mkdir(parents=True, exist_ok=True)
     # the status file is written last: it is the clip's completion marker
-    atomic_write_bytes(
-        ctx.clip_status_path(clip.clip_id), json.dumps(status.to_dict(), sort_keys=True).encode()
-    )
+    atomic_write_bytes(ctx.clip_status_path(clip.clip_id), json.dumps(status.to_dict(), sort_keys=True).encode())
     return status
 
 
@@ -120,21 +118,15 @@ def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
     expected_s = min(duration_s or float("inf"), info.duration - file_start_s)
     got_s = len(audio) / SAMPLE_RATE
     if expected_s - got_s > max(0.5, 0.1 * expected_s):
-        raise ClipError(
-            Reason.CORRUPT_MEDIA, f"decoded {got_s:.2f}s of audio where {expected_s:.2f}s were expected"
-        )
+        raise ClipError(Reason.CORRUPT_MEDIA, f"decoded {got_s:.2f}s of audio where {expected_s:.2f}s were expected")
 
     W = cfg.speech.window_samples
     windows, n_cut = speech_windows(audio, cfg.speech)
     if n_cut == 0:
         raise ClipError(Reason.TOO_SHORT, f"{got_s:.2f}s of audio is shorter than one {W}-sample window")
-    rejections: Counter[str] = Counter(
-        {str(Reason.NO_SPEECH): n_cut - len(windows)} if n_cut > len(windows) else {}
-    )
+    rejections: Counter[str] = Counter({str(Reason.NO_SPEECH): n_cut - len(windows)} if n_cut > len(windows) else {})
     if not windows:
-        raise ClipError(
-            Reason.NO_SPEECH, f"none of {n_cut} windows has speech ratio >= {cfg.speech.min_speech_ratio}"
-        )
+        raise ClipError(Reason.NO_SPEECH, f"none of {n_cut} windows has speech ratio >= {cfg.speech.min_speech_ratio}")
 
     split = split_of(clip, ctx)
     tracker = SpeakerTracker(cfg.faces, clip.hint)
@@ -184,9 +176,7 @@ def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
     return status
 
 
-def make_sample(
-    clip, src: Source, split, win, audio, frame_time_file_s, face: Face, ctx: BuildContext
-) -> dict:
+def make_sample(clip, src: Source, split, win, audio, frame_time_file_s, face: Face, ctx: BuildContext) -> dict:
     """One WebDataset sample (all members already bytes) for a speech window and its face."""
     cfg = ctx.cfg
     W = cfg.speech.window_samples

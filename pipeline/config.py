@@ -88,9 +88,7 @@ class Config:
             valid = {sf.name for sf in dataclasses.fields(stage_cls)}
             bad = set(values) - valid
             if bad:
-                raise ValueError(
-                    f"unknown key(s) {sorted(bad)} in config section {f.name!r}; valid: {sorted(valid)}"
-                )
+                raise ValueError(f"unknown key(s) {sorted(bad)} in config section {f.name!r}; valid: {sorted(valid)}")
             kwargs[f.name] = stage_cls(**values)
         return cls(**kwargs)
 

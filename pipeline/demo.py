@@ -42,12 +42,8 @@ def make_demo_media(media_dir: Path) -> list[Path]:
             if not path.exists():
                 placements, seconds, audio, rate, channels = spec()
                 partial = tmp / f"{name}.mp4"
-                talking_head(
-                    partial, placements, seconds, audio, size=(W, H), audio_rate=rate, channels=channels
-                )
-                partial.replace(path) if partial.stat().st_dev == media_dir.stat().st_dev else _copy(
-                    partial, path
-                )
+                talking_head(partial, placements, seconds, audio, size=(W, H), audio_rate=rate, channels=channels)
+                partial.replace(path) if partial.stat().st_dev == media_dir.stat().st_dev else _copy(partial, path)
             paths.append(path)
     return paths
 

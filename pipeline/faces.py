@@ -75,9 +75,7 @@ class Detection:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
 
 
-def detect(
-    models: DlibModels, rgb: np.ndarray, scale: float, upsample: int, origin=(0, 0)
-) -> list[Detection]:
+def detect(models: DlibModels, rgb: np.ndarray, scale: float, upsample: int, origin=(0, 0)) -> list[Detection]:
     """HOG detections in `rgb` resized by `scale`, mapped back to source pixels (+ origin)."""
     img = rgb
     if abs(scale - 1.0) > 1e-3:
@@ -179,9 +177,7 @@ class SpeakerTracker:
         rect = dlib.rectangle(*det.box)
         shape = self.models.predictor(rgb, rect)
         landmarks = [[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)]
-        crop = np.asarray(
-            dlib.get_face_chip(rgb, shape, size=self.cfg.crop_size, padding=self.cfg.crop_padding)
-        )
+        crop = np.asarray(dlib.get_face_chip(rgb, shape, size=self.cfg.crop_size, padding=self.cfg.crop_padding))
         emb = None
         if self.cfg.embeddings:
             emb = np.asarray(self.models.encoder.compute_face_descriptor(rgb, shape), dtype=np.float32)

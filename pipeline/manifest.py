@@ -90,9 +90,7 @@ def _hint(x: str, y: str) -> tuple[float | None, float | None]:
     return fx, fy
 
 
-def _clip(
-    line: int, source: str, clip_id: str, identity: str, s, e, x, y, split: str | None, yid: str | None
-) -> Clip:
+def _clip(line: int, source: str, clip_id: str, identity: str, s, e, x, y, split: str | None, yid: str | None) -> Clip:
     return Clip(
         clip_id=clip_id,
         source=source,
@@ -176,9 +174,7 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
         reader = csv.reader(f)
         # reader.line_num is the physical line a record ends on, which is what an editor shows
         numbered = [(reader.line_num, r) for r in reader]
-    numbered = [
-        (n, r) for n, r in numbered if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")
-    ]
+    numbered = [(n, r) for n, r in numbered if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     manifest = Manifest()
     if not numbered:
         return manifest
@@ -187,9 +183,7 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
         header = [c.strip().lower() for c in numbered[0][1]]
         unknown = set(header) - set(GENERIC_COLUMNS)
         if unknown:
-            raise ValueError(
-                f"{path}: unknown column(s) {sorted(unknown)}; known: {', '.join(GENERIC_COLUMNS)}"
-            )
+            raise ValueError(f"{path}: unknown column(s) {sorted(unknown)}; known: {', '.join(GENERIC_COLUMNS)}")
         body = numbered[1:]
     else:
         manifest.format = "avspeech"

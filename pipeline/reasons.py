@@ -39,9 +39,7 @@ class Reason(StrEnum):
 TRANSIENT = frozenset({Reason.RATE_LIMITED, Reason.NETWORK_ERROR})
 # Failures a re-run does not redo: the video is gone for good. Other failures (transient ones, a missing
 # local file that may have been added, a bug that may have been fixed) are redone.
-PERMANENT = frozenset(
-    {Reason.VIDEO_UNAVAILABLE, Reason.PRIVATE_VIDEO, Reason.AGE_RESTRICTED, Reason.UNSUPPORTED_URL}
-)
+PERMANENT = frozenset({Reason.VIDEO_UNAVAILABLE, Reason.PRIVATE_VIDEO, Reason.AGE_RESTRICTED, Reason.UNSUPPORTED_URL})
 
 
 def is_final(status: str, reason: str | None) -> bool:

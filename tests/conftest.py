@@ -58,9 +58,7 @@ def media(tmp_path_factory) -> Media:
     )
     talking_head(d / "stereo48k.mp4", [Placement(g, 130, 320, 180)], 5, speech, size=(W, H), audio_rate=48000)
     talking_head(d / "no_audio.mp4", [Placement(a, 120, 320, 180)], 4, None, size=(W, H))
-    talking_head(
-        d / "silence.mp4", [Placement(a, 120, 320, 180)], 4, silence_wav(d / "sil.wav", 4), size=(W, H)
-    )
+    talking_head(d / "silence.mp4", [Placement(a, 120, 320, 180)], 4, silence_wav(d / "sil.wav", 4), size=(W, H))
     talking_head(d / "coffee.mp4", [Placement(no_face(), 200, 320, 180)], 4, speech, size=(W, H))
     talking_head(d / "short.mp4", [Placement(a, 120, 320, 180)], 0.6, speech, size=(W, H))
     talking_head(d / "small_face.mp4", [Placement(a, 50, 320, 180)], 4, speech, size=(W, H))

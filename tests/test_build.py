@@ -146,7 +146,5 @@ def test_avspeech_row_through_a_mirror(media, prefect_harness, tmp_path):
     ]
     metas = [json.loads(s["json"]) for s in read_shards(out)]
     assert [m["window_start"] for m in metas] == [1.0, 2.0, 3.0, 4.0]
-    assert all(
-        m["identity"] == "PmD-LzPS2rg" and m["bbox"][2] < 320 for m in metas
-    )  # the left face, as hinted
+    assert all(m["identity"] == "PmD-LzPS2rg" and m["bbox"][2] < 320 for m in metas)  # the left face, as hinted
     assert all(abs(m["frame_time"] - m["window_start"] - 0.5) <= 0.04 + 1e-6 for m in metas)

@@ -89,10 +89,7 @@ def test_samples_align_face_and_audio_with_the_source(media, tmp_path):
         assert len(audio) == 16000
         expected = round(meta["window_start"] * 16000)
         lags = list(range(max(0, expected - 1600), min(len(source) - 16000, expected + 1600), 4))
-        scores = [
-            np.dot(audio, source[g : g + 16000]) / (np.linalg.norm(source[g : g + 16000]) + 1e-9)
-            for g in lags
-        ]
+        scores = [np.dot(audio, source[g : g + 16000]) / (np.linalg.norm(source[g : g + 16000]) + 1e-9) for g in lags]
         assert abs(lags[int(np.argmax(scores))] - expected) <= 320
         crop = np.asarray(Image.open(io.BytesIO(sample["jpg"])))
         assert crop.shape == (224, 224, 3)

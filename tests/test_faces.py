@@ -12,9 +12,7 @@ def canvas(*items, size=(640, 360)):
     for photo, face_px, (cx, cy) in items:
         l, t, r, b = photo.face_box
         s = face_px / (r - l)
-        img = Image.fromarray(photo.image).resize(
-            (round(photo.image.shape[1] * s), round(photo.image.shape[0] * s))
-        )
+        img = Image.fromarray(photo.image).resize((round(photo.image.shape[1] * s), round(photo.image.shape[0] * s)))
         frame.paste(img, (round(cx - (l + r) / 2 * s), round(cy - (t + b) / 2 * s)))
     return np.asarray(frame)
 

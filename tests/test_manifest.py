@@ -9,9 +9,7 @@ def write(tmp_path, text, name="m.csv"):
 
 
 def test_avspeech_rows_parse_with_times_in_samples(tmp_path):
-    m = read_manifest(
-        write(tmp_path, "PmD-LzPS2rg,282.5823,285.5853,0.371875,0.425\n01qWxISqaHg,87,90,0.46875,0.3\n")
-    )
+    m = read_manifest(write(tmp_path, "PmD-LzPS2rg,282.5823,285.5853,0.371875,0.425\n01qWxISqaHg,87,90,0.46875,0.3\n"))
     assert m.format == "avspeech"
     assert [c.clip_id for c in m.clips] == ["PmD-LzPS2rg_282582", "01qWxISqaHg_87000"]
     c = m.clips[0]

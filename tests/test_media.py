@@ -36,9 +36,7 @@ def test_audio_segment_matches_source_at_offset(media):
     assert len(seg) == 16000
     # find where the decoded segment sits in the source speech: it must be at 2.0 s (±20 ms)
     lags = range(2 * 16000 - 1600, 2 * 16000 + 1600, 8)
-    scores = [
-        np.dot(seg, src[lag : lag + 16000]) / (np.linalg.norm(src[lag : lag + 16000]) + 1e-9) for lag in lags
-    ]
+    scores = [np.dot(seg, src[lag : lag + 16000]) / (np.linalg.norm(src[lag : lag + 16000]) + 1e-9) for lag in lags]
     best = list(lags)[int(np.argmax(scores))]
     assert abs(best - 32000) <= 320
 

@@ -28,9 +28,7 @@ def test_killed_build_resumes_without_duplicates(media, tmp_path):
     out = tmp_path / "out"
     cmd = voiceface("build", str(manifest), "--out", str(out), "--workers", "1")
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     status_dir = out / ".work" / "clips"
     deadline = time.time() + 240
     while time.time() < deadline and len(list(status_dir.glob("*.json"))) < 2:

@@ -1,0 +1,86 @@
+"""Real faces and voices from ../shared/data (Wav2Pix "Youtubers" test crops and their 1 s speech), composed
+into talking-head videos the way the other tests compose public-domain photos. Skipped without the data."""
+
+import io
+import json
+import subprocess
+import wave
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.clip import BuildContext, run_clip
+from pipeline.config import Config
+from pipeline.records import Clip
+from pipeline.shards import read_clip_tar
+from tests.conftest import SHARED_DATA, read_wav, requires_shared_data
+
+pytestmark = [pytest.mark.realdata, requires_shared_data]
+IDENTITIES = ("jaimealtozano", "javiermuniz")
+
+
+def compose(identity: str, out_dir):
+    """A video showing each face crop for 1 s over its own 1 s of speech; returns (mp4, audio, n)."""
+    src = SHARED_DATA / "wav2pix-sample" / identity
+    frames = sorted(
+        int(p.stem.split("_")[1]) for p in src.glob("face_*.jpg") if (src / f"audio_{p.stem[5:]}.wav").exists()
+    )
+    work = out_dir / identity
+    work.mkdir()
+    chunks = []
+    for i, n in enumerate(frames):
+        face = np.asarray(Image.open(src / f"face_{n}.jpg").convert("RGB"))[..., ::-1]  # the dataset stored BGR
+        canvas = Image.new("RGB", (640, 360), (58, 68, 80))
+        face_img = Image.fromarray(np.ascontiguousarray(face)).resize((200, 200))
+        canvas.paste(face_img, (220, 80))
+        canvas.save(work / f"f{i:03d}.png")
+        chunks.append(read_wav(src / f"audio_{n}.wav"))
+    audio = np.concatenate(chunks)
+    wav = work / "speech.wav"
+    with wave.open(str(wav), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000), w.writeframes(audio.tobytes())
+    mp4 = out_dir / f"{identity}.mp4"
+    subprocess.run(
+        ["ffmpeg", "-nostdin", "-y", "-v", "error", "-framerate", "1", "-i", str(work / "f%03d.png"), "-i", str(wav),
+         "-c:v", "libx264", "-r", "25", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-shortest",
+         "-movflags", "+faststart", str(mp4)],
+        check=True,
+    )  # fmt: skip
+    return mp4, audio, len(frames)
+
+
+def test_real_faces_and_voices(tmp_path):
+    ctx = BuildContext(out=tmp_path / "out", cfg=Config())
+    embeddings, kept = {}, {}
+    for identity in IDENTITIES:
+        mp4, audio, n = compose(identity, tmp_path)
+        status = run_clip(Clip(identity, str(mp4), identity, 1), ctx)
+        assert status.status == "ok", status
+        samples = list(read_clip_tar(ctx.clip_tar(identity)))
+        kept[identity] = len(samples) / status.windows_total
+        embeddings[identity] = np.stack([np.load(io.BytesIO(s["dlib.npy"])) for s in samples])
+        for s in samples:
+            k = json.loads(s["json"])["window_index"]
+            window = read_wav(s["wav"]).astype(np.float64)
+            ref = audio[k * 16000 : (k + 1) * 16000].astype(np.float64)
+            # each window is the speech that went with its face (AAC is lossy: correlation, not bytes)
+            assert np.corrcoef(window, ref)[0, 1] > 0.9
+    # real speech passes the VAD and real faces the detector, in most windows
+    assert all(share >= 0.7 for share in kept.values()), kept
+    # dlib embeddings separate the two people: every face is nearer its own centroid
+    centroids = {k: v.mean(0) for k, v in embeddings.items()}
+    for identity, emb in embeddings.items():
+        other = next(i for i in IDENTITIES if i != identity)
+        own = np.linalg.norm(emb - centroids[identity], axis=1)
+        cross = np.linalg.norm(emb - centroids[other], axis=1)
+        assert (own < cross).mean() >= 0.95
+
+
+def test_real_voices_pass_the_vad():
+    from pipeline.config import SpeechConfig
+    from pipeline.speech import speech_windows
+
+    for wav in sorted((SHARED_DATA / "voices").glob("*.wav")):
+        kept, n = speech_windows(read_wav(wav), SpeechConfig())
+        assert n >= 3 and len(kept) >= n - 1, wav.name

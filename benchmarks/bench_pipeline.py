@@ -10,9 +10,10 @@ Stages, each timed on its own, in pipeline order:
   probe            ffprobe of the file
   audio decode     decode_audio: the whole file to 16 kHz mono int16
   speech windows   speech_windows: webrtcvad over every window
-  frame decode     decode_frames_on_grid: the frame at each window centre, all frames consumed
+  frame decode     decode_frames_on_grid: the frame at each window centre, every frame consumed and
+                   dropped as run_clip does (the face stage gets its frames from a second, untimed decode)
   faces            SpeakerTracker with embeddings off (HOG detection, 5-point landmarks, aligned crop)
-                   on the frames of the speech windows, held in memory from the previous stage
+                   on the frames of the speech windows, held in memory
   embeddings       the extra cost of embeddings on: dlib's ResNet descriptor for each face found above
   samples          JPEG encode + sample assembly (make_sample) and the clip tar write
 Then end to end: pipeline.clip.run_clip on a Clip pointing at the file, once with embeddings on and once
@@ -25,6 +26,7 @@ Figures are printed as a table and written to out/bench/bench_pipeline.json.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -34,14 +36,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pipeline.clip import BuildContext, make_sample, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FaceConfig
 from pipeline.faces import DlibModels, Face, SpeakerTracker
-from pipeline.media import decode_audio, decode_frames_on_grid, probe
+from pipeline.media import DecodedFrame, MediaInfo, decode_audio, decode_frames_on_grid, probe
 from pipeline.records import Clip
 from pipeline.shards import write_clip_tar
 from pipeline.sources import Source
@@ -98,6 +103,15 @@ class Stage:
     wall_s: float = 0.0
 
 
+@contextmanager
+def measure(name: str) -> Iterator[Stage]:
+    """Time the block: CPU (self + children) and wall seconds."""
+    st = Stage(name)
+    c0, w0 = cpu_seconds(), time.perf_counter()
+    yield st
+    st.cpu_s, st.wall_s = cpu_seconds() - c0, time.perf_counter() - w0
+
+
 @dataclass
 class Bench:
     video_s: float
@@ -105,16 +119,11 @@ class Bench:
     stages: list[Stage] = field(default_factory=list)
 
     @contextmanager
-    def stage(self, name: str):
-        """Time the block as a stage: CPU (self + children) and wall seconds."""
-        st = Stage(name)
-        c0, w0 = cpu_seconds(), time.perf_counter()
-        try:
+    def stage(self, name: str) -> Iterator[Stage]:
+        """Time the block as one row of the stage table."""
+        with measure(name) as st:
             yield st
-        finally:
-            st.cpu_s += cpu_seconds() - c0
-            st.wall_s += time.perf_counter() - w0
-            self.stages.append(st)
+        self.stages.append(st)
 
     def realtime(self, cpu_s: float) -> float:
         return self.video_s / cpu_s if cpu_s > 0 else float("inf")
@@ -163,14 +172,13 @@ def bench_stages(bench: Bench, video: Path, cfg: Config) -> dict:
     period_s = cfg.speech.window_samples / SAMPLE_RATE
 
     with bench.stage("frame decode (window centres)"):
-        frames = {}  # the frames of speech windows, kept for the face stage (as run_clip skips the others)
-        for f in decode_frames_on_grid(video, info, 0.0, period_s / 2, period_s, n_cut):
-            if f.index in by_index and f.index not in frames:
-                frames[f.index] = f
+        for _ in decode_frames_on_grid(video, info, 0.0, period_s / 2, period_s, n_cut):
+            pass  # consumed and dropped, as run_clip does (holding 240 frames would add page-fault time)
+    frames = speech_frames(video, info, period_s, n_cut, by_index)  # decoded again, untimed, for the faces
 
     models = DlibModels.get()
     with bench.stage("faces: detect + align + crop"):
-        tracker = SpeakerTracker(FaceConfig(embeddings=False), None, models)
+        tracker = SpeakerTracker(dataclasses.replace(cfg.faces, embeddings=False), None, models)
         faces = {k: face for k, f in frames.items() if isinstance(face := tracker(f.rgb), Face)}
 
     with bench.stage("embeddings (extra, ResNet)"):
@@ -182,8 +190,7 @@ def bench_stages(bench: Bench, video: Path, cfg: Config) -> dict:
     src = Source(video, 0, "local")
     with tempfile.TemporaryDirectory() as tmp, bench.stage("JPEG encode + samples + tar"):
         samples = (
-            make_sample(clip, src, "train", by_index[k], audio, frames[k].time, f, ctx)
-            for k, f in faces.items()
+            make_sample(clip, src, "train", by_index[k], audio, frames[k].time, f, ctx) for k, f in faces.items()
         )
         written = write_clip_tar(Path(tmp) / "bench.tar", samples, cfg.shards.mtime)
     return {
@@ -195,10 +202,17 @@ def bench_stages(bench: Bench, video: Path, cfg: Config) -> dict:
     }
 
 
-def embed(models: DlibModels, rgb, face: Face):
-    """dlib's 128-D descriptor from the face's own 5 landmarks, as SpeakerTracker computes it."""
-    import numpy as np
+def speech_frames(video: Path, info: MediaInfo, period_s: float, n_cut: int, by_index: dict) -> dict[int, DecodedFrame]:
+    """The first frame of each speech window, by window index (run_clip skips the other windows too)."""
+    frames = {}
+    for f in decode_frames_on_grid(video, info, 0.0, period_s / 2, period_s, n_cut):
+        if f.index in by_index and f.index not in frames:
+            frames[f.index] = f
+    return frames
 
+
+def embed(models: DlibModels, rgb: np.ndarray, face: Face) -> np.ndarray:
+    """dlib's 128-D descriptor from the face's own 5 landmarks, as SpeakerTracker computes it."""
     dlib = models.dlib
     points = [dlib.point(x, y) for x, y in face.landmarks5]
     shape = dlib.full_object_detection(dlib.rectangle(*face.bbox), points)
@@ -214,9 +228,8 @@ def bench_end_to_end(bench: Bench, video: Path, embeddings: bool) -> dict:
     out = OUT / f"e2e-embeddings-{'on' if embeddings else 'off'}"
     shutil.rmtree(out, ignore_errors=True)
     ctx = BuildContext(out, Config(faces=FaceConfig(embeddings=embeddings)))
-    with bench.stage(f"end to end, embeddings {'on' if embeddings else 'off'}") as st:
+    with measure(f"end to end, embeddings {'on' if embeddings else 'off'}") as st:
         status = run_clip(bench_clip(video), ctx)
-    bench.stages.remove(st)  # reported apart from the stages
     if status.status != "ok":
         raise SystemExit(f"end-to-end run failed: {status.status} {status.reason}: {status.detail}")
     return {**bench.row(st), "windows_written": status.windows_written, "windows_total": status.windows_total}
@@ -243,7 +256,9 @@ def print_end_to_end(on: dict, off: dict) -> None:
     print(f"  reference: {WAV2PIX_REFERENCE}")
 
 
-def results_json(info, pinned: str, counts: dict, rows: list[dict], total: dict, on: dict, off: dict) -> dict:
+def results_json(
+    info: MediaInfo, pinned: str, counts: dict, rows: list[dict], total: dict, on: dict, off: dict
+) -> dict:
     video = {"path": str(VIDEO.relative_to(ROOT)), "seconds": info.duration, "width": info.width}
     video |= {"height": info.height, "fps": info.fps, "face_px": FACE_PX, "vx_px_per_s": VX}
     method = {"cpu": "getrusage SELF + CHILDREN, user + sys", "affinity": pinned}

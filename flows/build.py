@@ -41,6 +41,8 @@ def build_shards(
     )
     for bad in m.rejected:
         print(f"  skipped {bad.id}: {bad.reason}: {bad.detail}")
+    for warning in m.warnings:
+        print(f"  warning: {warning}")
     done: dict[str, ClipStatus] = {}
     total = len(plan.todo)
     # a bounded window of submitted futures keeps memory flat for long manifests

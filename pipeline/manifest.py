@@ -6,6 +6,7 @@ A bad row never stops the others: it becomes a rejected ClipStatus that names it
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import math
 import re
@@ -27,6 +28,7 @@ class Manifest:
     clips: list[Clip] = field(default_factory=list)
     rejected: list[ClipStatus] = field(default_factory=list)  # bad rows, duplicates, opt-outs
     format: str = "generic"
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_rows(self) -> int:
@@ -235,7 +237,25 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
             )
             continue
         manifest.clips.append(clip)
+    _spread_split_overrides(manifest)
     return manifest
+
+
+def _spread_split_overrides(manifest: Manifest) -> None:
+    """A `split` given on some rows of an identity applies to all its rows, so splits stay identity-disjoint."""
+    chosen: dict[str, set[str]] = {}
+    for c in manifest.clips:
+        if c.split:
+            chosen.setdefault(c.identity, set()).add(c.split)
+    for identity, splits in chosen.items():
+        if len(splits) > 1:
+            manifest.warnings.append(
+                f"identity {identity!r} is put in several splits by the manifest: {sorted(splits)}"
+            )
+    manifest.clips = [
+        dataclasses.replace(c, split=sorted(chosen[c.identity])[0]) if not c.split and c.identity in chosen else c
+        for c in manifest.clips
+    ]
 
 
 def _fallback_id(row: list[str], header: list[str] | None, line: int) -> str:

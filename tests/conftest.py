@@ -97,4 +97,12 @@ def read_wav(path_or_bytes) -> np.ndarray:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
 
 
+def best_lag(window: np.ndarray, source: np.ndarray, expected: int, search: int = 1600) -> int:
+    """The offset in `source` where `window` fits best (normalised correlation), searched around `expected`."""
+    n = len(window)
+    lags = list(range(max(0, expected - search), min(len(source) - n, expected + search) + 1, 4))
+    scores = [np.dot(window, source[g : g + n]) / (np.linalg.norm(source[g : g + n]) + 1e-9) for g in lags]
+    return lags[int(np.argmax(scores))]
+
+
 requires_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is absent")

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from flows.build import run_build
+from tests.conftest import best_lag, read_wav
 
 pytestmark = pytest.mark.slow
 
@@ -107,6 +108,15 @@ def test_shards_read_back_with_webdataset(built):
     # downloaded segment [1, 5] s: times are on the source video's timeline; the hint chose the right face
     assert [m["window_start"] for m in web1] == [1.0, 2.0, 3.0, 4.0]
     assert all(m["bbox"][0] > 320 and m["speaker_choice"] in ("hint", "track") for m in web1)
+
+
+def test_downloaded_segment_audio_matches_the_source_at_window_start(built, media):
+    out, _ = built
+    source = read_wav(media.speech16k).astype(np.float64)
+    web1 = [s for s in read_shards(out) if s["__key__"].startswith("web1")]
+    for s in web1:
+        start = round(json.loads(s["json"])["window_start"] * 16000)
+        assert abs(best_lag(read_wav(s["wav"]).astype(np.float64), source, start) - start) <= 320  # ±20 ms
 
 
 def test_splits_are_identity_disjoint(built):

@@ -12,7 +12,7 @@ from pipeline.config import Config, FaceConfig
 from pipeline.records import Clip
 from pipeline.shards import read_clip_tar
 from pipeline.synth import face_centre_at
-from tests.conftest import read_wav
+from tests.conftest import best_lag, read_wav
 
 
 def ctx_for(tmp_path, **faces):
@@ -88,9 +88,7 @@ def test_samples_align_face_and_audio_with_the_source(media, tmp_path):
         audio = read_wav(sample["wav"]).astype(np.float64)
         assert len(audio) == 16000
         expected = round(meta["window_start"] * 16000)
-        lags = list(range(max(0, expected - 1600), min(len(source) - 16000, expected + 1600), 4))
-        scores = [np.dot(audio, source[g : g + 16000]) / (np.linalg.norm(source[g : g + 16000]) + 1e-9) for g in lags]
-        assert abs(lags[int(np.argmax(scores))] - expected) <= 320
+        assert abs(best_lag(audio, source, expected) - expected) <= 320
         crop = np.asarray(Image.open(io.BytesIO(sample["jpg"])))
         assert crop.shape == (224, 224, 3)
         assert np.load(io.BytesIO(sample["dlib.npy"])).shape == (128,)

@@ -108,3 +108,11 @@ def test_youtube_id_of():
     assert youtube_id_of("https://www.youtube.com/shorts/PmD-LzPS2rg") == "PmD-LzPS2rg"
     assert youtube_id_of("http://127.0.0.1:8000/PmD-LzPS2rg.mp4") is None
     assert youtube_id_of("clip.mp4") is None
+
+
+def test_a_split_override_applies_to_every_row_of_the_identity(tmp_path):
+    m = read_manifest(
+        write(tmp_path, "source,identity,split\na.mp4,ann,val\nb.mp4,ann,\nc.mp4,bo,\nd.mp4,cy,test\ne.mp4,cy,val\n")
+    )
+    assert [c.split for c in m.clips] == ["val", "val", None, "test", "val"]
+    assert m.warnings and "cy" in m.warnings[0]

@@ -185,13 +185,8 @@ def bench_stages(bench: Bench, video: Path, cfg: Config) -> dict:
         for k, face in faces.items():
             face.embedding = embed(models, frames[k].rgb, face)
 
-    clip = bench_clip(video)
-    ctx = BuildContext(OUT / "stage-samples", cfg)
-    src = Source(video, 0, "local")
     with tempfile.TemporaryDirectory() as tmp, bench.stage("JPEG encode + samples + tar"):
-        samples = (
-            make_sample(clip, src, "train", by_index[k], audio, frames[k].time, f, ctx) for k, f in faces.items()
-        )
+        samples = make_samples(video, cfg, by_index, audio, frames, faces)
         written = write_clip_tar(Path(tmp) / "bench.tar", samples, cfg.shards.mtime)
     return {
         "windows_cut": n_cut,
@@ -202,13 +197,20 @@ def bench_stages(bench: Bench, video: Path, cfg: Config) -> dict:
     }
 
 
-def speech_frames(video: Path, info: MediaInfo, period_s: float, n_cut: int, by_index: dict) -> dict[int, DecodedFrame]:
+def speech_frames(video: Path, info: MediaInfo, period: float, n: int, speech: dict) -> dict:
     """The first frame of each speech window, by window index (run_clip skips the other windows too)."""
-    frames = {}
-    for f in decode_frames_on_grid(video, info, 0.0, period_s / 2, period_s, n_cut):
-        if f.index in by_index and f.index not in frames:
+    frames: dict[int, DecodedFrame] = {}
+    for f in decode_frames_on_grid(video, info, 0.0, period / 2, period, n):
+        if f.index in speech and f.index not in frames:
             frames[f.index] = f
     return frames
+
+
+def make_samples(video: Path, cfg: Config, windows: dict, audio: np.ndarray, frames: dict, faces: dict):
+    """The samples (JPEG crop, WAV window, JSON) of the faces found, made as run_clip makes them."""
+    clip, src, ctx = bench_clip(video), Source(video, 0, "local"), BuildContext(OUT / "stage-samples", cfg)
+    for k, face in faces.items():
+        yield make_sample(clip, src, "train", windows[k], audio, frames[k].time, face, ctx)
 
 
 def embed(models: DlibModels, rgb: np.ndarray, face: Face) -> np.ndarray:

@@ -47,8 +47,8 @@ class FaceConfig:
     crop_padding: float = 0.25  # dlib get_face_chip padding around the 5-point landmarks
     min_face_px: int = 64  # faces narrower than this in the source frame are rejected
     max_upsample: int = 1  # HOG upsampling tried when nothing is found (finds faces down to ~40 px)
-    detect_face_px: int = 96  # faces are rescaled to about this width before HOG (80 px window)
-    roi_margin: float = 1.0  # search this many face widths around the previous face
+    detect_face_px: int = 84  # faces are rescaled to about this width before HOG (its window is 80 px)
+    roi_margins: tuple[float, ...] = (0.5, 1.5)  # face widths searched around the previous face, tight first
     hint_max_dist: float = 1.0  # the x,y hint must lie within this many face widths of a face's centre
     embeddings: bool = True  # write dlib.npy (the 128-D ResNet embedding)
     jpeg_quality: int = 95
@@ -89,6 +89,7 @@ class Config:
             bad = set(values) - valid
             if bad:
                 raise ValueError(f"unknown key(s) {sorted(bad)} in config section {f.name!r}; valid: {sorted(valid)}")
+            values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # frozen: no lists
             kwargs[f.name] = stage_cls(**values)
         return cls(**kwargs)
 

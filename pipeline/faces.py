@@ -112,9 +112,9 @@ class SpeakerTracker:
         self.prev: Detection | None = None
 
     # -- detection -------------------------------------------------------------------------------
-    def _search_roi(self, rgb: np.ndarray) -> list[Detection]:
+    def _search_roi(self, rgb: np.ndarray, margin: float) -> list[Detection]:
         p, (h, w) = self.prev, rgb.shape[:2]
-        m = self.cfg.roi_margin * p.width
+        m = margin * p.width
         l, t = max(0, int(p.box[0] - m)), max(0, int(p.box[1] - m))
         r, b = min(w, int(p.box[2] + m)), min(h, int(p.box[3] + m))
         if r - l < 16 or b - t < 16:
@@ -152,10 +152,10 @@ class SpeakerTracker:
     def find(self, rgb: np.ndarray) -> tuple[Detection | None, str | Reason, int]:
         """(speaker detection, how it was chosen, faces seen), or (None, reason, faces seen)."""
         h, w = rgb.shape[:2]
-        found = self._search_roi(rgb) if self.prev is not None else []
-        if found:
-            best = min(found, key=lambda d: _dist(d.centre, self.prev.centre))
-            return best, "track", len(found)
+        for margin in self.cfg.roi_margins if self.prev is not None else ():
+            if found := self._search_roi(rgb, margin):
+                best = min(found, key=lambda d: _dist(d.centre, self.prev.centre))
+                return best, "track", len(found)
         found = self._search_frame(rgb)
         if not found:
             return None, Reason.NO_FACE, 0

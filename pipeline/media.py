@@ -133,7 +133,8 @@ def decode_frames_on_grid(
     c0, p = first_s, period_s
     sel = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{c0 + (count - 0.5) * p:.9f})"
     cmd = [
-        "ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-ss", f"{start_s:.6f}", "-i", str(path),
+        # one decoder thread: clips run in parallel already, and frame threading costs CPU time for nothing
+        "ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-threads", "1", "-ss", f"{start_s:.6f}", "-i", str(path),
         "-t", f"{c0 + count * p + d:.6f}", "-map", "0:v:0", "-an", "-sn",
         "-vf", f"select='{sel}',showinfo", "-fps_mode", "passthrough",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",

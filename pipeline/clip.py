@@ -21,7 +21,7 @@ from PIL import Image
 
 from . import PIPELINE_VERSION
 from .config import SAMPLE_RATE, Config
-from .faces import Face, SpeakerTracker
+from .faces import Face, SpeakerTracker, embed_faces
 from .media import decode_audio, decode_frames_on_grid, probe
 from .reasons import ClipError, Reason, is_final
 from .records import Clip, ClipStatus, samples_to_seconds
@@ -137,6 +137,7 @@ def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
 
     def samples():
         frames = decode_frames_on_grid(src.path, info, file_start_s, period_s / 2, period_s, n_cut)
+        pending: list[tuple] = []  # faces wait here to be embedded in one batch
         for frame in frames:
             win = by_index.get(frame.index)
             if win is None or frame.index in seen:
@@ -147,7 +148,16 @@ def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
                 rejections[str(face)] += 1
                 continue
             choices[face.choice] += 1
-            yield make_sample(clip, src, split, win, audio, frame.time, face, ctx)
+            pending.append((win, frame.time, face))
+            if len(pending) >= cfg.faces.embed_batch:
+                yield from flush(pending)
+        yield from flush(pending)
+
+    def flush(pending: list[tuple]):
+        embed_faces([face for _, _, face in pending])
+        for win, frame_time, face in pending:
+            yield make_sample(clip, src, split, win, audio, frame_time, face, ctx)
+        pending.clear()
 
     ctx.clip_tar(clip.clip_id).parent.mkdir(parents=True, exist_ok=True)
     written = write_clip_tar(ctx.clip_tar(clip.clip_id), samples(), cfg.shards.mtime)

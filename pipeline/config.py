@@ -51,6 +51,7 @@ class FaceConfig:
     roi_margins: tuple[float, ...] = (0.5, 1.5)  # face widths searched around the previous face, tight first
     hint_max_dist: float = 1.0  # the x,y hint must lie within this many face widths of a face's centre
     embeddings: bool = True  # write dlib.npy (the 128-D ResNet embedding)
+    embed_batch: int = 16  # faces embedded per batch
     jpeg_quality: int = 95
 
 

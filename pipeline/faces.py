@@ -52,9 +52,10 @@ class Face:
     landmarks5: list[list[int]]
     det_score: float
     crop: np.ndarray  # (crop_size, crop_size, 3) uint8 RGB
-    embedding: np.ndarray | None  # (128,) float32
+    chip: np.ndarray | None  # (150, 150, 3) the embedder's own aligned chip, when embeddings are on
     n_faces: int  # faces seen in the search area
     choice: str  # only | hint | largest | track
+    embedding: np.ndarray | None = None  # (128,) float32, filled in batches by embed_faces
 
     @property
     def width(self) -> int:
@@ -178,7 +179,17 @@ class SpeakerTracker:
         shape = self.models.predictor(rgb, rect)
         landmarks = [[shape.part(i).x, shape.part(i).y] for i in range(shape.num_parts)]
         crop = np.asarray(dlib.get_face_chip(rgb, shape, size=self.cfg.crop_size, padding=self.cfg.crop_padding))
-        emb = None
-        if self.cfg.embeddings:
-            emb = np.asarray(self.models.encoder.compute_face_descriptor(rgb, shape), dtype=np.float32)
-        return Face(det.box, landmarks, round(det.score, 4), crop, emb, n, how)
+        # the ResNet embedder was trained on 150 px chips with padding 0.25, whatever our crop settings are
+        chip = np.asarray(dlib.get_face_chip(rgb, shape, size=150, padding=0.25)) if self.cfg.embeddings else None
+        return Face(det.box, landmarks, round(det.score, 4), crop, chip, n, how)
+
+
+def embed_faces(faces: list[Face], models: DlibModels | None = None) -> None:
+    """Fill each face's 128-D dlib ResNet embedding from its chip, as one batch."""
+    todo = [f for f in faces if f.chip is not None and f.embedding is None]
+    if not todo:
+        return
+    models = models or DlibModels.get()
+    vectors = models.encoder.compute_face_descriptor([f.chip for f in todo])
+    for face, vec in zip(todo, vectors, strict=True):
+        face.embedding = np.asarray(vec, dtype=np.float32)

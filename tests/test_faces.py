@@ -2,7 +2,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import FaceConfig
-from pipeline.faces import Face, SpeakerTracker
+from pipeline.faces import Face, SpeakerTracker, embed_faces
 from pipeline.synth import astronaut, grace_hopper, no_face
 
 
@@ -21,6 +21,7 @@ def test_single_face_is_aligned_and_cropped_rgb():
     frame = canvas((astronaut(), 120, (320, 180)))
     face = SpeakerTracker(FaceConfig(), None)(frame)
     assert isinstance(face, Face)
+    embed_faces([face])
     l, t, r, b = face.bbox
     assert l < 320 < r and t < 180 < b
     assert face.crop.shape == (224, 224, 3)
@@ -40,6 +41,7 @@ def test_hint_picks_the_speaker_and_no_hint_takes_the_largest():
     assert left.choice == "hint" and left.bbox[2] < 320
     assert largest.choice == "largest" and largest.bbox[0] > 320 and largest.n_faces == 2
     # the two identities' embeddings differ, each crop is the chosen face
+    embed_faces([right, left])
     assert np.linalg.norm(right.embedding - left.embedding) > 0.6
 
 

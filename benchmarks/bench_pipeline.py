@@ -14,13 +14,15 @@ Stages, each timed on its own, in pipeline order:
                    dropped as run_clip does (the face stage gets its frames from a second, untimed decode)
   faces            SpeakerTracker with embeddings off (HOG detection, 5-point landmarks, aligned crop)
                    on the frames of the speech windows, held in memory
-  embeddings       the extra cost of embeddings on: dlib's ResNet descriptor for each face found above
+  embeddings       the extra cost of embeddings on: 150 px chips + dlib's ResNet weights run in torch, in
+                   batches, for each face found above; and, for comparison, dlib's own C++ ResNet
   samples          JPEG encode + sample assembly (make_sample) and the clip tar write
 Then end to end: pipeline.clip.run_clip on a Clip pointing at the file, once with embeddings on and once
 off, each into its own fresh BuildContext out dir under out/bench/ (deleted first: nothing cached).
 
-The dlib models are loaded (DlibModels.get()) and the lazily imported modules (webrtcvad, webdataset)
-imported before any timing, so neither model loading nor imports are counted.
+The dlib models and the torch embedder are loaded, and the lazily imported modules (webrtcvad, webdataset)
+imported, before any timing, so neither model loading nor imports are counted. The torch embedder runs on one
+thread (FaceConfig.torch_threads), like each worker of a build.
 Figures are printed as a table and written to out/bench/bench_pipeline.json.
 """
 
@@ -45,7 +47,7 @@ import numpy as np
 
 from pipeline.clip import BuildContext, make_sample, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FaceConfig
-from pipeline.faces import DlibModels, Face, SpeakerTracker
+from pipeline.faces import DlibModels, Face, SpeakerTracker, embed_faces
 from pipeline.media import DecodedFrame, MediaInfo, decode_audio, decode_frames_on_grid, probe
 from pipeline.records import Clip
 from pipeline.shards import write_clip_tar
@@ -65,6 +67,7 @@ FACE_PX = 150
 # the face starts at x=180 and drifts right at 2 px/s: x=660 after 240 s, still wholly in the 854 px frame
 START_X, START_Y, VX = 180.0, 240.0, 2.0
 
+COMPARISON = "  for comparison: "  # rows that are not pipeline stages (left out of the sum)
 TARGET_EMB_ON = 12.0  # x realtime, end to end, embeddings on
 TARGET_EMB_OFF = 30.0  # x realtime, end to end, embeddings off
 WAV2PIX_REFERENCE = (
@@ -153,9 +156,12 @@ def pin_to_one_core() -> str:
 def warm_up() -> None:
     """Load what the pipeline loads lazily, so that no stage pays for it."""
     import webdataset  # noqa: F401  (imported by write_clip_tar)
-    import webrtcvad  # noqa: F401  (imported by speech._vad)
+    import webrtcvad  # noqa: F401  (imported by speech.new_vad)
 
     DlibModels.get()
+    # the torch embedder (model parse + first-call setup), as a long-running worker has it loaded
+    face = Face((0, 0, 1, 1), [], 0.0, np.zeros((1, 1, 3), np.uint8), np.zeros((150, 150, 3), np.uint8), 1, "only")
+    embed_faces([face], FaceConfig())
 
 
 # -- stages ------------------------------------------------------------------------------------------
@@ -181,9 +187,11 @@ def bench_stages(bench: Bench, video: Path, cfg: Config) -> dict:
         tracker = SpeakerTracker(dataclasses.replace(cfg.faces, embeddings=False), None, models)
         faces = {k: face for k, f in frames.items() if isinstance(face := tracker(f.rgb), Face)}
 
-    with bench.stage("embeddings (extra, ResNet)"):
-        for k, face in faces.items():
-            face.embedding = embed(models, frames[k].rgb, face)
+    with bench.stage("embeddings (extra, ResNet in torch)"):
+        embed_all(models, frames, faces, cfg.faces)
+    dlib_faces = {k: dataclasses.replace(f, chip=None, embedding=None) for k, f in faces.items()}
+    with bench.stage(f"{COMPARISON}dlib's own ResNet"):
+        embed_all(models, frames, dlib_faces, dataclasses.replace(cfg.faces, embedder="dlib"))
 
     with tempfile.TemporaryDirectory() as tmp, bench.stage("JPEG encode + samples + tar"):
         samples = make_samples(video, cfg, by_index, audio, frames, faces)
@@ -213,12 +221,16 @@ def make_samples(video: Path, cfg: Config, windows: dict, audio: np.ndarray, fra
         yield make_sample(clip, src, "train", windows[k], audio, frames[k].time, face, ctx)
 
 
-def embed(models: DlibModels, rgb: np.ndarray, face: Face) -> np.ndarray:
-    """dlib's 128-D descriptor from the face's own 5 landmarks, as SpeakerTracker computes it."""
+def embed_all(models: DlibModels, frames: dict, faces: dict, cfg: FaceConfig) -> None:
+    """The embedder's 150 px chips (from each face's own 5 landmarks) and their embeddings, in batches."""
     dlib = models.dlib
-    points = [dlib.point(x, y) for x, y in face.landmarks5]
-    shape = dlib.full_object_detection(dlib.rectangle(*face.bbox), points)
-    return np.asarray(models.encoder.compute_face_descriptor(rgb, shape), dtype=np.float32)
+    for k, face in faces.items():
+        points = [dlib.point(x, y) for x, y in face.landmarks5]
+        shape = dlib.full_object_detection(dlib.rectangle(*face.bbox), points)
+        face.chip = np.asarray(dlib.get_face_chip(frames[k].rgb, shape, size=150, padding=0.25))
+    batch = list(faces.values())
+    for i in range(0, len(batch), cfg.embed_batch):
+        embed_faces(batch[i : i + cfg.embed_batch], cfg)
 
 
 def bench_clip(video: Path) -> Clip:
@@ -293,11 +305,12 @@ def main() -> int:
     bench = Bench(video_s=info.duration)
     print(f"video: {video.relative_to(ROOT)}, {info.duration:.1f} s, {info.width}x{info.height}@{info.fps:g}")
     print(f"CPU seconds = user + sys of this process and its ffmpeg children; {pinned}")
-    print("dlib models loaded before timing (model load not counted)")
+    print("dlib models and the torch embedder loaded before timing (model load not counted)")
 
     counts = bench_stages(bench, video, Config())
     rows = [bench.row(st) for st in bench.stages]
-    cpu, wall = sum(s.cpu_s for s in bench.stages), sum(s.wall_s for s in bench.stages)
+    pipeline_stages = [s for s in bench.stages if not s.name.startswith(COMPARISON)]
+    cpu, wall = sum(s.cpu_s for s in pipeline_stages), sum(s.wall_s for s in pipeline_stages)
     total = bench.row(Stage("sum of stages (embeddings on)", cpu, wall))
     print(
         f"windows: {counts['windows_cut']} cut, {counts['speech_windows']} with speech, "

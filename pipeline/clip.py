@@ -154,7 +154,7 @@ def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
         yield from flush(pending)
 
     def flush(pending: list[tuple]):
-        embed_faces([face for _, _, face in pending])
+        embed_faces([face for _, _, face in pending], cfg.faces)
         for win, frame_time, face in pending:
             yield make_sample(clip, src, split, win, audio, frame_time, face, ctx)
         pending.clear()

@@ -192,6 +192,13 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
         header = None
         body = numbered
     seen: set[str] = set()
+
+    def reject(clip_id: str, reason: Reason, detail: str, line: int, identity: str | None = None) -> None:
+        manifest.rejected.append(
+            ClipStatus(id=clip_id, status="rejected", reason=reason, detail=f"line {line}: {detail}", line=line,
+                       identity=identity)
+        )  # fmt: skip
+
     for line, row in body:
         try:
             if header is None:
@@ -201,40 +208,15 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
                     raise RowError(f"{len(row)} columns but the header has {len(header)}")
                 clip = parse_generic_row(dict(zip(header, row, strict=False)), line)
         except RowError as err:
-            manifest.rejected.append(
-                ClipStatus(
-                    id=_fallback_id(row, header, line),
-                    status="rejected",
-                    reason=Reason.BAD_ROW,
-                    detail=f"line {line}: {err}",
-                    line=line,
-                )
-            )
+            reject(_fallback_id(row, header, line), Reason.BAD_ROW, str(err), line)
             continue
         if clip.clip_id in seen:
-            manifest.rejected.append(
-                ClipStatus(
-                    id=clip.clip_id,
-                    status="rejected",
-                    reason=Reason.DUPLICATE_ID,
-                    detail=f"line {line}: id {clip.clip_id!r} already used by an earlier row",
-                    line=line,
-                    identity=clip.identity,
-                )
-            )
+            detail = f"id {clip.clip_id!r} already used by an earlier row"
+            reject(clip.clip_id, Reason.DUPLICATE_ID, detail, line, clip.identity)
             continue
         seen.add(clip.clip_id)
         if is_opted_out(clip, optout):
-            manifest.rejected.append(
-                ClipStatus(
-                    id=clip.clip_id,
-                    status="rejected",
-                    reason=Reason.OPTED_OUT,
-                    detail=f"line {line}: listed in the opt-out file",
-                    line=line,
-                    identity=clip.identity,
-                )
-            )
+            reject(clip.clip_id, Reason.OPTED_OUT, "listed in the opt-out file", line, clip.identity)
             continue
         manifest.clips.append(clip)
     _spread_split_overrides(manifest)

@@ -12,8 +12,8 @@ CONFIG ?=
 WORKERS ?= 2
 PYTEST_ARGS ?=
 
-SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng
-APT_PACKAGES := ffmpeg espeak-ng
+SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng chromium
+APT_PACKAGES := ffmpeg espeak-ng chromium
 
 .PHONY: shards test bench lint format setup system-deps clean
 
@@ -42,7 +42,8 @@ format: setup
 
 setup: system-deps $(STAMP)
 
-# ffmpeg (with ffprobe) and espeak-ng come from apt; as root directly, else through passwordless sudo.
+# ffmpeg (with ffprobe), espeak-ng (demo speech) and chromium (browser tests, viewing reports) come from apt;
+# as root directly, else through passwordless sudo.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \

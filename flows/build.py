@@ -1,24 +1,71 @@
-"""The build flow: manifest → one task per clip on a bounded pool → clips.jsonl + shards + summary."""
+"""The build flow: manifest → one task per clip on a bounded pool (threads, or Dask workers) → clips.jsonl,
+shards, summary.json, report.html, and Prefect artifacts."""
 
 from __future__ import annotations
 
+import traceback
 from pathlib import Path
 
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline.build import finish_build, format_summary, plan_build
-from pipeline.clip import BuildContext, run_clip
-from pipeline.config import load_config
+from pipeline.clip import BuildContext, record_crash, run_clip
+from pipeline.config import DownloadConfig, load_config
 from pipeline.records import Clip, ClipStatus
+
+RUNNERS = ("thread", "dask")
+YOUTUBE_LIMIT = "youtube"
+
+
+def youtube_gate() -> None:
+    """Wait for a slot of the global rate limit "youtube" (shared by every worker through the Prefect server)."""
+    from prefect.concurrency.sync import rate_limit
+
+    rate_limit(YOUTUBE_LIMIT, occupy=1, strict=False)
+
+
+def ensure_youtube_limit(cfg: DownloadConfig) -> None:
+    """Create the "youtube" rate limit from the config if the server has none (an existing one is left as is,
+    so operators can tune it on a shared server)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(YOUTUBE_LIMIT)
+        except ObjectNotFound:
+            client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(
+                    name=YOUTUBE_LIMIT, limit=max(1, cfg.youtube_burst), slot_decay_per_second=cfg.youtube_rate_per_s
+                )
+            )
 
 
 @task(name="clip", cache_policy=NO_CACHE)
 def clip_task(clip: Clip, ctx: BuildContext) -> ClipStatus:
-    # run_clip records every clip failure as a status row; anything raised here is a real crash
-    return run_clip(clip, ctx)
+    # bad input comes back as a status; a bug raises, so this task run fails and shows in the UI
+    return run_clip(clip, ctx, download_gate=youtube_gate if clip.youtube_id else None)
+
+
+def make_task_runner(runner: str, workers: int, address: str | None = None):
+    """A bounded pool: `workers` threads, or a Dask LocalCluster of `workers` single-threaded processes,
+    or the existing Dask cluster at `address`."""
+    if runner == "thread":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        if address:
+            return DaskTaskRunner(address=address)
+        return DaskTaskRunner(
+            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+        )
+    raise ValueError(f"runner must be one of {RUNNERS}, not {runner!r}")
 
 
 @flow(name="build-shards", log_prints=True)
@@ -31,40 +78,73 @@ def build_shards(
     workers: int = 2,
 ) -> dict:
     """Build WebDataset shards in OUT from a manifest. Re-running with the same arguments finishes an
-    interrupted build and redoes only what is missing."""
+    interrupted build and redoes only what is missing or out of date."""
+    logger = get_run_logger()
     cfg = load_config(config)
     plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
     m = plan.manifest
     print(
-        f"manifest {manifest}: {m.n_rows} rows ({m.format}), {len(plan.todo)} clips to process, "
-        f"{len(plan.cached)} already done, {len(m.rejected)} not processed"
+        f"manifest {manifest}: {m.n_rows} rows ({m.format}); {plan.n_new} new, {plan.n_cached} cached, "
+        f"{plan.n_redone} to redo; {len(m.rejected)} not processed"
     )
     for bad in m.rejected:
         print(f"  skipped {bad.id}: {bad.reason}: {bad.detail}")
     for warning in m.warnings:
         print(f"  warning: {warning}")
-    done: dict[str, ClipStatus] = {}
-    total = len(plan.todo)
+    if any(c.youtube_id for c in plan.todo):
+        ensure_youtube_limit(cfg.download)
+
+    total, done, crashed = len(plan.todo), 0, 0
     # a bounded window of submitted futures keeps memory flat for long manifests
-    window = max(1, workers) * 8
+    window = max(1, workers) * 4
     for lo in range(0, total, window):
-        futures = [clip_task.submit(clip, plan.ctx) for clip in plan.todo[lo : lo + window]]
-        for fut in as_completed(futures):
-            status = fut.result()
-            done[status.id] = status
+        batch = plan.todo[lo : lo + window]
+        futures = {clip_task.submit(clip, plan.ctx): clip for clip in batch}
+        for fut in as_completed(list(futures)):
+            clip = futures[fut]
+            try:
+                status = fut.result()
+            except Exception as exc:  # a bug in one clip: record it, say it loudly, finish the others
+                crashed += 1
+                logger.error("clip %s crashed:\n%s", clip.clip_id, "".join(traceback.format_exception(exc)))
+                status = record_crash(clip, plan.ctx, exc)
+            done += 1
             note = f"{status.windows_written} windows" if status.status == "ok" else f"{status.reason}: {status.detail}"
-            print(f"[{len(done)}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s")
-    summary = finish_build(plan, done)
+            print(f"[{done}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s")
+        del futures, batch
+
+    summary = finish_build(plan)
+    summary["clips_crashed"] = crashed
+    markdown = summary.pop("report_markdown")
+    create_markdown_artifact(markdown=markdown, key="build-summary", description="voiceface build funnel")
+    create_table_artifact(
+        table=[{"reason": r, "clips": n} for r, n in summary["reasons"].items()] or [{"reason": "none", "clips": 0}],
+        key="build-rejections",
+        description="clips rejected or failed, by reason",
+    )
     print("\n" + format_summary(summary))
-    print(f"shards: {Path(out) / 'shards'}\nclips: {Path(out) / 'clips.jsonl'}\nreport: {Path(out) / 'summary.json'}")
+    if crashed:
+        logger.error("%d clip(s) crashed on a bug (reason internal_error in clips.jsonl)", crashed)
+    print(
+        f"shards: {Path(out) / 'shards'}\nclips: {Path(out) / 'clips.jsonl'}\n"
+        f"report: {Path(out) / 'report.html'} (and {Path(out) / 'summary.json'})"
+    )
     return summary
 
 
-def run_build(manifest, out, mirror=None, config=None, optout=None, workers: int = 2) -> dict:
-    """Run the build flow on a thread pool of `workers` (Prefect's default pool is unbounded)."""
+def run_build(
+    manifest,
+    out,
+    mirror=None,
+    config=None,
+    optout=None,
+    workers: int = 2,
+    runner: str = "thread",
+    address: str | None = None,
+) -> dict:
+    """Run the build flow on a bounded pool (Prefect's default thread pool is unbounded)."""
     workers = max(1, int(workers))
-    runner = ThreadPoolTaskRunner(max_workers=workers)
-    return build_shards.with_options(task_runner=runner)(
+    return build_shards.with_options(task_runner=make_task_runner(runner, workers, address))(
         manifest=str(manifest),
         out=str(out),
         mirror=str(mirror) if mirror else None,

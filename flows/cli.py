@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+RUNNERS = ("thread", "dask")  # flows.build.RUNNERS, repeated so that --help does not import Prefect
 DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "demo.csv"
 
 

@@ -1,19 +1,27 @@
-"""A build's bookends, Prefect-free: plan which clips need work, then write clips.jsonl, pack shards
-and summarise. The flow in flows/build.py runs the clips in between."""
+"""A build's bookends, Prefect-free: plan which clips need work, then write clips.jsonl, pack shards, and
+write summary.json and report.html. The flow in flows/build.py runs the clips in between.
+
+Everything after planning streams: statuses are read back from the per-clip records on disk, so memory does
+not grow with the number of clips beyond the manifest itself.
+"""
 
 from __future__ import annotations
 
+import heapq
 import json
+import os
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .clip import BuildContext, cached_status, split_of
+from .clip import BuildContext, cached_status, read_status, split_of
 from .config import Config
 from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
+from .report import RunReport
 from .shards import SHARD_DIR, atomic_write_bytes, pack_shards
 
 DEFAULT_OPTOUT = Path(__file__).resolve().parents[1] / "manifests" / "optout.txt"
@@ -24,7 +32,9 @@ class BuildPlan:
     ctx: BuildContext
     manifest: Manifest
     todo: list[Clip] = field(default_factory=list)
-    cached: dict[str, ClipStatus] = field(default_factory=dict)
+    n_new: int = 0  # never processed
+    n_cached: int = 0  # done earlier with the same settings and pipeline version: no media work
+    n_redone: int = 0  # done earlier, but the settings or version changed, or it failed in a retryable way
     started: float = field(default_factory=time.time)
 
 
@@ -35,16 +45,15 @@ def plan_build(
     mirror: str | Path | None = None,
     optout_files: list[str | Path] | None = None,
 ) -> BuildPlan:
-    """Parse the manifest (honouring the opt-out lists) and split clips into cached and to-do."""
+    """Parse the manifest (honouring the opt-out lists) and sort clips into new, cached and redone."""
     require_ffmpeg()
     manifest_path = Path(manifest_path)
-    out = Path(out)
     optout: set[str] = set()
     for f in [DEFAULT_OPTOUT, *(optout_files or [])]:
         optout |= read_optout(f)
     manifest = read_manifest(manifest_path, optout)
     ctx = BuildContext(
-        out=out,
+        out=Path(out),
         cfg=cfg or Config(),
         mirror=Path(mirror) if mirror else None,
         base_dir=manifest_path.resolve().parent,
@@ -52,10 +61,14 @@ def plan_build(
     (ctx.work / "clips").mkdir(parents=True, exist_ok=True)
     plan = BuildPlan(ctx, manifest)
     for clip in manifest.clips:
-        if (status := cached_status(clip, ctx)) is not None:
-            plan.cached[clip.clip_id] = status
+        if cached_status(clip, ctx) is not None:
+            plan.n_cached += 1
+            continue
+        plan.todo.append(clip)
+        if ctx.clip_status_path(clip.clip_id).exists():
+            plan.n_redone += 1
         else:
-            plan.todo.append(clip)
+            plan.n_new += 1
     # an opted-out clip's earlier output is deleted, not merely left out of the shards
     for status in manifest.rejected:
         if status.reason == "opted_out":
@@ -64,24 +77,40 @@ def plan_build(
     return plan
 
 
-def finish_build(plan: BuildPlan, done: dict[str, ClipStatus]) -> dict:
-    """Write clips.jsonl (one line per manifest row), pack the shards and write summary.json."""
+def _rows(plan: BuildPlan) -> Iterator[tuple[ClipStatus, Clip | None]]:
+    """Every manifest row's status in line order: rejected rows from the manifest, the rest from disk."""
     ctx = plan.ctx
-    statuses = {**plan.cached, **done}
-    rows: list[ClipStatus] = list(plan.manifest.rejected)
-    packed: list[tuple[Path, str]] = []
-    for clip in plan.manifest.clips:
-        status = statuses[clip.clip_id]
-        status.split = split_of(clip, ctx)  # the split is a packing decision: it may change without media work
-        rows.append(status)
-        if status.status == "ok":
-            packed.append((ctx.clip_tar(clip.clip_id), status.split))
-    rows.sort(key=lambda s: s.line or 0)
-    counts = pack_shards(ctx.out, packed, ctx.cfg.shards)
-    lines = [json.dumps(_public_row(s), sort_keys=False) for s in rows]
-    atomic_write_bytes(ctx.out / "clips.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
-    summary = summarise(plan, rows, counts)
+    rejected = ((s.line or 0, i, s, None) for i, s in enumerate(plan.manifest.rejected))
+    clips = ((c.line, -1, c.clip_id, c) for c in plan.manifest.clips)
+    for _, _, item, clip in heapq.merge(rejected, clips, key=lambda t: (t[0], t[1])):
+        if clip is None:
+            yield item, None
+            continue
+        status = read_status(ctx, clip.clip_id)
+        if status is None:
+            raise RuntimeError(f"clip {clip.clip_id} has no recorded status; the build did not run it")
+        status.split = split_of(clip, ctx)  # a packing decision: it may change without media work
+        yield status, clip
+
+
+def finish_build(plan: BuildPlan) -> dict:
+    """Write clips.jsonl (one line per manifest row), pack the shards, write summary.json and report.html."""
+    ctx = plan.ctx
+    report = RunReport()
+    by_status: Counter[str] = Counter()
+    partial = ctx.out / "clips.jsonl.partial"
+    with open(partial, "w") as f:
+        for status, _ in _rows(plan):
+            f.write(json.dumps(_public_row(status)) + "\n")
+            report.add_status(status)
+            by_status[status.status] += 1
+    packed = ((ctx.clip_tar(s.id), s.split) for s, clip in _rows(plan) if clip is not None and s.status == "ok")
+    counts = pack_shards(ctx.out, packed, ctx.cfg.shards, observe=lambda meta, s: report.add_sample(meta, s["jpg"]))
+    os.replace(partial, ctx.out / "clips.jsonl")
+    summary = summarise(plan, report, by_status, counts)
     atomic_write_bytes(ctx.out / "summary.json", json.dumps(summary, indent=2).encode())
+    atomic_write_bytes(ctx.out / "report.html", report.html(summary).encode())
+    summary["report_markdown"] = report.markdown(summary)
     return summary
 
 
@@ -93,29 +122,24 @@ def _public_row(s: ClipStatus) -> dict:
     return {**head, **d}
 
 
-def summarise(plan: BuildPlan, rows: list[ClipStatus], counts: dict) -> dict:
-    by_status = Counter(r.status for r in rows)
-    reasons = Counter(r.reason for r in rows if r.reason)
-    window_reasons: Counter[str] = Counter()
-    for r in rows:
-        window_reasons.update(r.window_rejections)
-    identities_per_split: dict[str, set[str]] = {}
-    for r in rows:
-        if r.status == "ok" and r.identity:
-            identities_per_split.setdefault(r.split or "train", set()).add(r.identity)
+def summarise(plan: BuildPlan, report: RunReport, by_status: Counter, counts: dict) -> dict:
+    identities_per_split = Counter(v[0] for v in report.identities.values() if v[2] > 0)
     return {
-        "manifest_rows": len(rows),
+        "manifest_rows": sum(by_status.values()),
         "clips_ok": by_status.get("ok", 0),
         "clips_rejected": by_status.get("rejected", 0),
         "clips_failed": by_status.get("failed", 0),
-        "clips_cached": len(plan.cached),
+        "clips_new": plan.n_new,
+        "clips_cached": plan.n_cached,
+        "clips_redone": plan.n_redone,
         "clips_processed": len(plan.todo),
-        "reasons": dict(reasons.most_common()),
-        "window_rejections": dict(window_reasons.most_common()),
+        "reasons": dict(report.reasons.most_common()),
+        "window_rejections": dict(report.window_reasons.most_common()),
+        "funnel": dict(report.funnel_rows()),
         "samples": sum(c["samples"] for c in counts.values()),
         "shards": {split: c["shards"] for split, c in sorted(counts.items())},
         "samples_per_split": {split: c["samples"] for split, c in sorted(counts.items())},
-        "identities_per_split": {k: len(v) for k, v in sorted(identities_per_split.items())},
+        "identities_per_split": dict(sorted(identities_per_split.items())),
         "seconds": round(time.time() - plan.started, 2),
         "shard_dir": str(plan.ctx.out / SHARD_DIR),
     }
@@ -128,7 +152,7 @@ def format_summary(summary: dict) -> str:
     s = summary
     return (
         f"clips: {s['clips_ok']} ok, {s['clips_rejected']} rejected, {s['clips_failed']} failed "
-        f"of {s['manifest_rows']} rows ({s['clips_processed']} processed, {s['clips_cached']} cached)\n"
+        f"of {s['manifest_rows']} rows ({s['clips_new']} new, {s['clips_cached']} cached, {s['clips_redone']} redone)\n"
         f"clip reasons: {reasons}\n"
         f"window rejections: {windows}\n"
         f"samples: {summary['samples']} in shards {shards}\n"

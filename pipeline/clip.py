@@ -9,10 +9,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sys
 import time
-import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +49,9 @@ class BuildContext:
     def clip_status_path(self, clip_id: str) -> Path:
         return self.work / "clips" / f"{clip_id}.json"
 
+    def download_dir(self, clip_id: str) -> Path:
+        return self.work / "sources" / clip_id
+
     @property
     def cache_key(self) -> str:
         return f"{PIPELINE_VERSION}:{self.cfg.clip_hash()}"
@@ -61,10 +63,9 @@ def split_of(clip: Clip, ctx: BuildContext) -> str:
 
 def cached_status(clip: Clip, ctx: BuildContext) -> ClipStatus | None:
     """The finished status of an earlier run with the same settings, if the clip needs no work."""
-    path = ctx.clip_status_path(clip.clip_id)
-    if not path.exists():
+    status = read_status(ctx, clip.clip_id)
+    if status is None:
         return None
-    status = ClipStatus.from_dict(json.loads(path.read_text()))
     if status.cache_key != ctx.cache_key or not is_final(status.status, status.reason):
         return None
     if status.status == "ok" and not ctx.clip_tar(clip.clip_id).exists():
@@ -72,33 +73,54 @@ def cached_status(clip: Clip, ctx: BuildContext) -> ClipStatus | None:
     return status
 
 
-def run_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
-    """Process one clip and record its status; never raises for a bad clip (a bug becomes internal_error)."""
+def run_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None] | None = None) -> ClipStatus:
+    """Process one clip and record its status. A bad clip becomes a rejected/failed status; a bug raises
+    (the orchestrator records it with `record_crash` and goes on with the other clips).
+
+    `download_gate` is called before each download attempt (the flow passes a rate limiter)."""
     t0 = time.perf_counter()
-    base = dict(id=clip.clip_id, line=clip.line, identity=clip.identity, split=split_of(clip, ctx))
     try:
-        status = process_clip(clip, ctx)
+        status = process_clip(clip, ctx, download_gate)
     except ClipError as err:
-        status = ClipStatus(**base, status=err.status, reason=str(err.reason), detail=err.detail)
-    except Exception as err:  # a bug: record it loudly, and let the other clips go on
-        traceback.print_exc(file=sys.stderr)
-        status = ClipStatus(
-            **base, status="failed", reason=str(Reason.INTERNAL_ERROR), detail=f"{type(err).__name__}: {err}"
-        )
+        status = _status(clip, ctx, err.status, str(err.reason), err.detail, **err.extra)
     finally:
-        shutil.rmtree(ctx.work / "downloads" / clip.clip_id, ignore_errors=True)
+        if not ctx.cfg.download.keep_sources:
+            shutil.rmtree(ctx.download_dir(clip.clip_id), ignore_errors=True)
+    return _record(status, ctx, t0)
+
+
+def record_crash(clip: Clip, ctx: BuildContext, exc: BaseException, seconds: float = 0.0) -> ClipStatus:
+    """The status of a clip whose processing crashed on a bug: failed / internal_error, redone on a re-run."""
+    detail = f"{type(exc).__name__}: {exc}"
+    return _record(_status(clip, ctx, "failed", str(Reason.INTERNAL_ERROR), detail), ctx, time.perf_counter() - seconds)
+
+
+def _status(clip: Clip, ctx: BuildContext, status: str, reason: str | None, detail: str, **extra) -> ClipStatus:
+    return ClipStatus(
+        id=clip.clip_id, line=clip.line, identity=clip.identity, split=split_of(clip, ctx),
+        status=status, reason=reason, detail=detail, **extra,
+    )  # fmt: skip
+
+
+def _record(status: ClipStatus, ctx: BuildContext, t0: float) -> ClipStatus:
     status.cache_key = ctx.cache_key
     status.seconds = round(time.perf_counter() - t0, 3)
-    ctx.clip_status_path(clip.clip_id).parent.mkdir(parents=True, exist_ok=True)
+    path = ctx.clip_status_path(status.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
     # the status file is written last: it is the clip's completion marker
-    atomic_write_bytes(ctx.clip_status_path(clip.clip_id), json.dumps(status.to_dict(), sort_keys=True).encode())
+    atomic_write_bytes(path, json.dumps(status.to_dict(), sort_keys=True).encode())
     return status
 
 
-def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
+def read_status(ctx: BuildContext, clip_id: str) -> ClipStatus | None:
+    path = ctx.clip_status_path(clip_id)
+    return ClipStatus.from_dict(json.loads(path.read_text())) if path.exists() else None
+
+
+def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None] | None = None) -> ClipStatus:
     """Resolve, decode and cut one clip, writing its samples to the clip tar. Raises ClipError."""
     cfg = ctx.cfg
-    src = resolve_source(clip, cfg.download, ctx.work / "downloads", ctx.mirror, ctx.base_dir)
+    src = resolve_source(clip, cfg.download, ctx.work / "sources", ctx.mirror, ctx.base_dir, gate=download_gate)
     info = probe(src.path)
     if not info.has_video:
         raise ClipError(Reason.NO_VIDEO, f"{src.path.name} has no video stream")
@@ -126,7 +148,8 @@ def process_clip(clip: Clip, ctx: BuildContext) -> ClipStatus:
         raise ClipError(Reason.TOO_SHORT, f"{got_s:.2f}s of audio is shorter than one {W}-sample window")
     rejections: Counter[str] = Counter({str(Reason.NO_SPEECH): n_cut - len(windows)} if n_cut > len(windows) else {})
     if not windows:
-        raise ClipError(Reason.NO_SPEECH, f"none of {n_cut} windows has speech ratio >= {cfg.speech.min_speech_ratio}")
+        detail = f"none of {n_cut} windows has speech ratio >= {cfg.speech.min_speech_ratio}"
+        raise ClipError(Reason.NO_SPEECH, detail, windows_total=n_cut, window_rejections=dict(rejections))
 
     split = split_of(clip, ctx)
     tracker = SpeakerTracker(cfg.faces, clip.hint)

@@ -31,6 +31,10 @@ class DownloadConfig:
     sleep_interval_s: float = 0.0  # yt-dlp sleep before each download ...
     max_sleep_interval_s: float = 0.0  # ... randomised up to this
     download_archive: str | None = None  # yt-dlp archive file, used for whole-video downloads
+    keep_sources: bool = True  # keep downloaded segments in OUT/.work/sources, so a settings change re-decodes
+    # without downloading again; turn off to save disk at AVSpeech scale
+    youtube_rate_per_s: float = 0.5  # Prefect rate limit "youtube": downloads started per second, all workers
+    youtube_burst: int = 2  # ... and at most this many at once
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,9 @@ def is_final(status: str, reason: str | None) -> bool:
 class ClipError(Exception):
     """A clip cannot go on: carries the reason code, a detail and whether it is a failure or a rejection."""
 
-    def __init__(self, reason: Reason, detail: str = "", status: str = "rejected"):
+    def __init__(self, reason: Reason, detail: str = "", status: str = "rejected", **extra):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.status = status
+        self.extra = extra  # more ClipStatus fields (e.g. windows_total) known when the clip stopped

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .config import ShardConfig
@@ -74,11 +74,17 @@ def clean_interrupted(out: Path) -> None:
             os.replace(old, final)
 
 
-def pack_shards(out: Path, clips: Iterable[tuple[Path, str]], cfg: ShardConfig) -> dict[str, dict[str, int]]:
+def pack_shards(
+    out: Path,
+    clips: Iterable[tuple[Path, str]],
+    cfg: ShardConfig,
+    observe: Callable[[dict, dict], None] | None = None,
+) -> dict[str, dict[str, int]]:
     """Pack per-clip tars into `out/shards/{split}-NNNNNN.tar` and swap the directory in atomically.
 
     `clips` is (clip tar, split) in manifest order. The sample json's `split` is set here, so a split
-    change needs no media work. Returns {split: {"samples": n, "shards": m}}.
+    change needs no media work. `observe(meta, sample)` sees every sample written (for the report).
+    Returns {split: {"samples": n, "shards": m}}.
     """
     import webdataset as wds
 
@@ -105,6 +111,8 @@ def pack_shards(out: Path, clips: Iterable[tuple[Path, str]], cfg: ShardConfig) 
                     counts[split] = {"samples": 0, "shards": 0}
                 writers[split].write(sample)
                 counts[split]["samples"] += 1
+                if observe is not None:
+                    observe(meta, sample)
     finally:
         for split, w in writers.items():
             counts[split]["shards"] = w.shard

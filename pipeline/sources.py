@@ -6,6 +6,7 @@ retried with exponential backoff and jitter, permanent ones never.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import shutil
@@ -66,8 +67,12 @@ def resolve_source(
     mirror: Path | None = None,
     base_dir: Path | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    gate: Callable[[], None] | None = None,
 ) -> Source:
-    """Find or fetch the clip's video. Raises ClipError with a reason code when it cannot."""
+    """Find or fetch the clip's video. Raises ClipError with a reason code when it cannot.
+
+    Downloads land in `download_dir/<clip_id>/` with a record of what was fetched, and are reused when the
+    same segment is asked for again. `gate` is called before every download attempt (a rate limiter)."""
     if mirror is not None and (p := find_in_mirror(clip, mirror)):
         return Source(p, 0, "mirror")
     if p := local_path(clip.source, base_dir):
@@ -78,8 +83,12 @@ def resolve_source(
         url = clip.source
     else:
         raise ClipError(Reason.FILE_NOT_FOUND, f"no such file: {clip.source}", status="failed")
+    if (cached := cached_download(clip, url, cfg, download_dir)) is not None:
+        return cached
     for attempt in range(cfg.retries + 1):
         try:
+            if gate is not None:
+                gate()
             return download_segment(clip, url, cfg, download_dir)
         except ClipError as err:
             if err.reason not in TRANSIENT or attempt == cfg.retries:
@@ -114,6 +123,22 @@ def classify_download_error(message: str) -> Reason:
         if re.search(pattern, message, re.IGNORECASE):
             return reason
     return Reason.DOWNLOAD_ERROR
+
+
+def _download_key(clip: Clip, url: str, cfg: DownloadConfig) -> str:
+    return json.dumps([url, clip.start, clip.end, cfg.max_height])
+
+
+def cached_download(clip: Clip, url: str, cfg: DownloadConfig, download_dir: Path) -> Source | None:
+    """The segment an earlier run downloaded for this clip, if it was the same request."""
+    record = download_dir / clip.clip_id / "source.json"
+    if not record.exists():
+        return None
+    data = json.loads(record.read_text())
+    path = record.parent / data["file"]
+    if data["key"] != _download_key(clip, url, cfg) or not path.is_file():
+        return None
+    return Source(path, data["offset"], "download")
 
 
 def download_segment(clip: Clip, url: str, cfg: DownloadConfig, download_dir: Path) -> Source:
@@ -165,6 +190,8 @@ def download_segment(clip: Clip, url: str, cfg: DownloadConfig, download_dir: Pa
     files = [p for p in out_dir.iterdir() if p.suffix in VIDEO_EXTS and p.stat().st_size > 0]
     if not files:
         raise ClipError(Reason.DOWNLOAD_ERROR, f"yt-dlp wrote no video file for {url}", status="failed")
+    record = {"key": _download_key(clip, url, cfg), "file": files[0].name, "offset": offset}
+    (out_dir / "source.json").write_text(json.dumps(record))  # written last: marks the download complete
     return Source(files[0], offset, "download")
 
 

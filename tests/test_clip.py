@@ -56,15 +56,21 @@ def test_segment_past_the_end_is_rejected(media, tmp_path):
     assert (s.status, s.reason) == ("rejected", "segment_out_of_range")
 
 
-def test_a_bug_is_recorded_as_internal_error(media, tmp_path, monkeypatch):
+def test_a_bug_raises_and_the_orchestrator_records_it(media, tmp_path, monkeypatch):
     import pipeline.clip
+    from pipeline.clip import record_crash
 
     def boom(*a, **k):
         raise ZeroDivisionError("bug")
 
     monkeypatch.setattr(pipeline.clip, "probe", boom)
-    s, _ = run(media.moving, tmp_path)
+    c = Clip("c1", str(media.moving), "person", 1)
+    ctx = ctx_for(tmp_path)
+    with pytest.raises(ZeroDivisionError):
+        run_clip(c, ctx)
+    s = record_crash(c, ctx, ZeroDivisionError("bug"))
     assert (s.status, s.reason) == ("failed", "internal_error") and "ZeroDivisionError" in s.detail
+    assert json.loads(ctx.clip_status_path("c1").read_text())["reason"] == "internal_error"
 
 
 def test_samples_align_face_and_audio_with_the_source(media, tmp_path):

@@ -58,4 +58,4 @@ def test_killed_build_resumes_without_duplicates(media, tmp_path):
     lines = (out / "clips.jsonl").read_text().splitlines()
     assert len(lines) == N_CLIPS
     # the clips finished before the kill were not redone
-    assert f"{N_CLIPS - done_before} clips to process, {done_before} already done" in r.stdout + r.stderr
+    assert f"{N_CLIPS - done_before} new, {done_before} cached, 0 to redo" in r.stdout + r.stderr

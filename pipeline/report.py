@@ -1,0 +1,209 @@
+"""The run report: a funnel, rejections with examples, per-identity counts, histograms and face mosaics,
+collected with bounded memory while a build finishes and written as one self-contained HTML file."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections import Counter
+from dataclasses import dataclass, field
+
+from PIL import Image
+
+from .reasons import Reason
+from .records import ClipStatus
+
+MANIFEST_REASONS = {Reason.BAD_ROW, Reason.DUPLICATE_ID, Reason.OPTED_OUT}
+SOURCE_REASONS = {
+    Reason.FILE_NOT_FOUND, Reason.VIDEO_UNAVAILABLE, Reason.PRIVATE_VIDEO, Reason.AGE_RESTRICTED, Reason.BOT_CHECK,
+    Reason.RATE_LIMITED, Reason.NETWORK_ERROR, Reason.UNSUPPORTED_URL, Reason.DOWNLOAD_ERROR, Reason.INTERNAL_ERROR,
+}  # fmt: skip
+DECODE_REASONS = {Reason.CORRUPT_MEDIA, Reason.NO_AUDIO, Reason.NO_VIDEO, Reason.SEGMENT_OUT_OF_RANGE}
+FACE_WINDOW_REASONS = {Reason.NO_FACE, Reason.FACE_TOO_SMALL, Reason.SPEAKER_NOT_FOUND, Reason.FRAME_MISSING}
+SPEECH_BINS = 10  # speech ratio histogram over [0, 1]
+FACE_BIN_PX = 32  # face width histogram bin
+THUMB_PX = 64
+
+
+@dataclass
+class RunReport:
+    """Accumulates what the report shows; memory is bounded by the limits below, not by the run's size."""
+
+    max_identities_shown: int = 200  # rows of the per-identity table
+    max_mosaics: int = 40  # identities with a face mosaic
+    thumbs_per_identity: int = 12
+    examples_per_reason: int = 5
+    funnel: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    window_reasons: Counter = field(default_factory=Counter)
+    examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    identities: dict[str, list] = field(default_factory=dict)  # identity -> [split, clips ok, samples, seconds]
+    speech_hist: Counter = field(default_factory=Counter)
+    face_hist: Counter = field(default_factory=Counter)
+    thumbs: dict[str, list[bytes]] = field(default_factory=dict)
+
+    def add_status(self, s: ClipStatus) -> None:
+        """Count one clips.jsonl row into the funnel and the rejection tables."""
+        self.funnel["manifest rows"] += 1
+        if s.reason:
+            self.reasons[s.reason] += 1
+            ex = self.examples.setdefault(s.reason, [])
+            if len(ex) < self.examples_per_reason:
+                ex.append((s.id, s.detail))
+        if s.reason in MANIFEST_REASONS:
+            return
+        self.funnel["clips"] += 1
+        if s.reason in SOURCE_REASONS:
+            return
+        self.funnel["resolved"] += 1
+        if s.reason in DECODE_REASONS:
+            return
+        self.funnel["decoded"] += 1
+        self.window_reasons.update(s.window_rejections)
+        speech = s.windows_total - s.window_rejections.get(Reason.NO_SPEECH, 0)
+        faces = speech - sum(s.window_rejections.get(r, 0) for r in FACE_WINDOW_REASONS)
+        self.funnel["windows"] += s.windows_total
+        self.funnel["speech windows"] += speech
+        self.funnel["faces"] += faces
+        self.funnel["written"] += s.windows_written
+        if s.status == "ok" and s.identity is not None:
+            row = self.identities.setdefault(s.identity, [s.split, 0, 0, 0.0])
+            row[1] += 1
+
+    def add_sample(self, meta: dict, jpg: bytes) -> None:
+        """Count one written sample into the histograms, the identity table and the mosaics."""
+        identity = meta["identity"]
+        row = self.identities.setdefault(identity, [meta.get("split"), 0, 0, 0.0])
+        row[2] += 1
+        row[3] += meta["window_end"] - meta["window_start"]
+        self.speech_hist[min(int(meta["speech_ratio"] * SPEECH_BINS), SPEECH_BINS - 1)] += 1
+        self.face_hist[int(meta["face_px"]) // FACE_BIN_PX] += 1
+        thumbs = self.thumbs.get(identity)
+        if thumbs is None and len(self.thumbs) < self.max_mosaics:
+            thumbs = self.thumbs[identity] = []
+        if thumbs is not None and len(thumbs) < self.thumbs_per_identity:
+            thumbs.append(_thumbnail(jpg))
+
+    def funnel_rows(self) -> list[tuple[str, int]]:
+        stages = ["manifest rows", "clips", "resolved", "decoded", "windows", "speech windows", "faces", "written"]
+        return [(stage, self.funnel[stage]) for stage in stages]
+
+    def markdown(self, summary: dict) -> str:
+        """A short summary with the funnel (a Prefect markdown artifact)."""
+        lines = ["# voiceface build", "", "| stage | count |", "|---|---|"]
+        lines += [f"| {stage} | {n} |" for stage, n in self.funnel_rows()]
+        lines += ["", "| rejection reason | clips |", "|---|---|"]
+        lines += [f"| {r} | {n} |" for r, n in self.reasons.most_common()]
+        lines += ["", f"samples: {summary['samples']}, shards: {summary['shards']}, seconds: {summary['seconds']}"]
+        return "\n".join(lines)
+
+    def html(self, summary: dict, title: str = "voiceface build report") -> str:
+        """The whole report as one HTML page with inline CSS and images (opens offline)."""
+        e = html.escape
+        funnel = self.funnel_rows()
+        top = max((n for _, n in funnel), default=1) or 1
+        funnel_rows = "".join(
+            f"<tr><td>{e(stage)}</td><td class=n>{n}</td><td><div class=bar style='width:{100 * n / top:.1f}%'></div>"
+            f"</td></tr>"
+            for stage, n in funnel
+        )
+        reason_rows = (
+            "".join(
+                f"<tr><td><code>{e(r)}</code></td><td class=n>{n}</td><td>"
+                + "<br>".join(f"<code>{e(i)}</code>: {e(d)}" for i, d in self.examples.get(r, []))
+                + "</td></tr>"
+                for r, n in self.reasons.most_common()
+            )
+            or "<tr><td colspan=3>none</td></tr>"
+        )
+        window_rows = (
+            "".join(
+                f"<tr><td><code>{e(r)}</code></td><td class=n>{n}</td></tr>"
+                for r, n in self.window_reasons.most_common()
+            )
+            or "<tr><td colspan=2>none</td></tr>"
+        )
+        ids = sorted(self.identities.items(), key=lambda kv: (-kv[1][2], kv[0]))
+        id_rows = (
+            "".join(
+                f"<tr><td>{e(str(i))}</td><td>{e(str(v[0]))}</td><td class=n>{v[1]}</td><td class=n>{v[2]}</td>"
+                f"<td class=n>{v[3]:.1f}</td></tr>"
+                for i, v in ids[: self.max_identities_shown]
+            )
+            or "<tr><td colspan=5>none</td></tr>"
+        )
+        more = len(ids) - self.max_identities_shown
+        more_note = f"<p>… and {more} more identities (see clips.jsonl).</p>" if more > 0 else ""
+        speech_labels = [f"{i / SPEECH_BINS:.1f}" for i in range(SPEECH_BINS)]
+        speech_svg = _histogram([self.speech_hist[i] for i in range(SPEECH_BINS)], speech_labels)
+        face_max = max(self.face_hist, default=0)
+        face_svg = _histogram(
+            [self.face_hist[i] for i in range(face_max + 1)], [str(i * FACE_BIN_PX) for i in range(face_max + 1)]
+        )
+        mosaics = (
+            "".join(
+                f"<div class=mosaic><h3>{e(str(i))}</h3>"
+                + "".join(f"<img alt='' src='data:image/jpeg;base64,{base64.b64encode(t).decode()}'>" for t in thumbs)
+                + "</div>"
+                for i, thumbs in self.thumbs.items()
+            )
+            or "<p>no faces written</p>"
+        )
+        shards = ", ".join(f"{e(k)}: {v}" for k, v in summary.get("shards", {}).items()) or "none"
+        return f"""<!doctype html>
+<html lang=en><head><meta charset=utf-8><title>{e(title)}</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}}
+table{{border-collapse:collapse;margin:8px 0 20px}} td,th{{border-bottom:1px solid #ddd;padding:4px 10px;
+text-align:left;vertical-align:top}} td.n{{text-align:right;font-variant-numeric:tabular-nums}}
+.bar{{background:#4a78b5;height:12px;min-width:1px}} td:last-child{{min-width:260px}}
+.mosaic{{display:inline-block;margin:0 16px 16px 0;vertical-align:top;max-width:{6 * (THUMB_PX + 4)}px}}
+.mosaic h3{{font-size:13px;margin:4px 0}} .mosaic img{{width:{THUMB_PX}px;height:{THUMB_PX}px;margin:2px}}
+.hist{{display:inline-block;margin-right:40px}} code{{background:#f3f3f3;padding:0 3px}}
+</style></head><body>
+<h1>{e(title)}</h1>
+<p>{summary.get("manifest_rows", 0)} manifest rows: {summary.get("clips_ok", 0)} ok,
+{summary.get("clips_rejected", 0)} rejected, {summary.get("clips_failed", 0)} failed.
+New {summary.get("clips_new", 0)}, cached {summary.get("clips_cached", 0)}, redone {summary.get("clips_redone", 0)}.
+{summary.get("samples", 0)} samples in shards ({shards}); {summary.get("seconds", 0)} s.</p>
+<h2>Funnel</h2><table><tr><th>stage</th><th>count</th><th></th></tr>{funnel_rows}</table>
+<h2>Clip rejections and failures</h2>
+<table><tr><th>reason</th><th>clips</th><th>examples</th></tr>{reason_rows}</table>
+<h2>Window rejections</h2><table><tr><th>reason</th><th>windows</th></tr>{window_rows}</table>
+<h2>Distributions of written windows</h2>
+<div class=hist><h3>speech ratio</h3>{speech_svg}</div><div class=hist><h3>face width (px)</h3>{face_svg}</div>
+<h2>Identities</h2>
+<table><tr><th>identity</th><th>split</th><th>clips</th><th>samples</th><th>seconds</th></tr>{id_rows}</table>
+{more_note}
+<h2>Faces per identity</h2>{mosaics}
+</body></html>
+"""
+
+
+def _thumbnail(jpg: bytes) -> bytes:
+    img = Image.open(io.BytesIO(jpg)).convert("RGB")
+    img.thumbnail((THUMB_PX, THUMB_PX))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=80)
+    return buf.getvalue()
+
+
+def _histogram(counts: list[int], labels: list[str], width: int = 360, height: int = 120) -> str:
+    """Inline SVG bars."""
+    if not counts or not any(counts):
+        return "<p>no data</p>"
+    top = max(counts)
+    bw = width / len(counts)
+    bars = "".join(
+        f"<rect x='{i * bw + 1:.1f}' y='{height - 20 - (height - 30) * c / top:.1f}' width='{bw - 2:.1f}' "
+        f"height='{(height - 30) * c / top:.1f}' fill='#4a78b5'><title>{html.escape(lab)}: {c}</title></rect>"
+        for i, (c, lab) in enumerate(zip(counts, labels, strict=True))
+    )
+    step = max(1, len(labels) // 6)
+    ticks = "".join(
+        f"<text x='{i * bw:.1f}' y='{height - 4}' font-size='10'>{html.escape(lab)}</text>"
+        for i, lab in enumerate(labels)
+        if i % step == 0
+    )
+    return f"<svg width='{width}' height='{height}' role=img>{bars}{ticks}</svg>"

@@ -3,6 +3,9 @@ shards, summary.json, report.html, and Prefect artifacts."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import traceback
 from pathlib import Path
 
@@ -62,9 +65,9 @@ def make_task_runner(runner: str, workers: int, address: str | None = None):
 
         if address:
             return DaskTaskRunner(address=address)
-        return DaskTaskRunner(
-            cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
-        )
+        logging.getLogger("distributed").setLevel(logging.WARNING)  # scheduler/nanny chatter in the flow's log
+        cluster = {"n_workers": workers, "threads_per_worker": 1, "processes": True, "silence_logs": logging.WARNING}
+        return DaskTaskRunner(cluster_kwargs=cluster)
     raise ValueError(f"runner must be one of {RUNNERS}, not {runner!r}")
 
 
@@ -144,11 +147,39 @@ def run_build(
 ) -> dict:
     """Run the build flow on a bounded pool (Prefect's default thread pool is unbounded)."""
     workers = max(1, int(workers))
-    return build_shards.with_options(task_runner=make_task_runner(runner, workers, address))(
-        manifest=str(manifest),
-        out=str(out),
-        mirror=str(mirror) if mirror else None,
-        config=str(config) if config else None,
-        optout=[str(o) for o in optout] if optout else None,
-        workers=workers,
-    )
+    flow_with_pool = build_shards.with_options(task_runner=make_task_runner(runner, workers, address))
+    with shared_prefect_api() if runner == "dask" else contextlib.nullcontext():
+        return flow_with_pool(
+            manifest=str(manifest),
+            out=str(out),
+            mirror=str(mirror) if mirror else None,
+            config=str(config) if config else None,
+            optout=[str(o) for o in optout] if optout else None,
+            workers=workers,
+        )
+
+
+@contextlib.contextmanager
+def shared_prefect_api():
+    """Make Dask worker processes report to the flow's Prefect API. With no PREFECT_API_URL, each process
+    would start a temporary server of its own, and task states and the "youtube" rate limit would not be
+    shared; so start the temporary server here and hand its URL to the workers through the environment."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        server.start()  # stopped at exit (Prefect registers that), after the last logs are sent
+        url = server.api_url
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url  # inherited by the LocalCluster's worker processes
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+from collections import Counter
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
@@ -12,11 +13,14 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 class RangeHandler(SimpleHTTPRequestHandler):
     # path -> HTTP status to answer instead of the file (e.g. 429 for a rate-limited "video")
     forced: dict[str, int] = {}
+    # path -> requests seen, to tell whether something was downloaded again
+    requests: Counter = Counter()
 
     def log_message(self, *args):
         pass
 
     def send_head(self):
+        self.requests[self.path] += 1
         if (code := self.forced.get(self.path)) is not None:
             self.send_error(code)
             return None

@@ -1,0 +1,99 @@
+"""Orchestration: incremental re-runs, stage-aware redo, crashes, and the Dask runner matching the thread one."""
+
+import hashlib
+import io
+import json
+
+import pytest
+from PIL import Image
+
+import pipeline.clip
+from flows.build import run_build
+from tests.httpserver import RangeHandler
+from tests.test_build import read_shards
+
+pytestmark = pytest.mark.slow
+
+
+def statuses(out):
+    return {
+        r["id"]: (r["status"], r["reason"], r["windows_written"]) for r in map(json.loads, open(out / "clips.jsonl"))
+    }
+
+
+def audio_digests(out):
+    return {s["__key__"]: hashlib.sha1(s["wav"]).hexdigest() for s in read_shards(out)}
+
+
+@pytest.fixture
+def manifest(media, http_media, tmp_path):
+    path = tmp_path / "m.csv"
+    path.write_text(
+        "source,id,identity,start,end\n"
+        f"{media.moving},a,alice,,\n"
+        f"{http_media.url}/stereo48k.mp4,b,bob,1,4\n"
+        f"{media.coffee},c,carol,,\n"
+    )
+    return path
+
+
+def test_adding_a_row_processes_only_that_clip(manifest, media, prefect_harness, tmp_path):
+    out = tmp_path / "out"
+    first = run_build(manifest, out, workers=2)
+    assert (first["clips_new"], first["clips_cached"]) == (3, 0)
+    manifest.write_text(manifest.read_text() + f"{media.two_faces},d,dora,,\n")
+    second = run_build(manifest, out, workers=2)
+    assert (second["clips_new"], second["clips_cached"], second["clips_redone"]) == (1, 3, 0)
+    assert statuses(out)["d"][0] == "ok" and second["samples"] > first["samples"]
+
+
+def test_a_face_setting_change_redoes_clips_without_downloading_again(manifest, prefect_harness, tmp_path):
+    out = tmp_path / "out"
+    run_build(manifest, out, workers=2)
+    fetched = RangeHandler.requests["/stereo48k.mp4"]
+    assert fetched > 0
+    config = tmp_path / "c.yaml"
+    config.write_text("faces:\n  crop_size: 128\n")
+    summary = run_build(manifest, out, config=config, workers=2)
+    assert (summary["clips_redone"], summary["clips_cached"]) == (3, 0)
+    assert RangeHandler.requests["/stereo48k.mp4"] == fetched  # the kept segment was decoded again, not fetched
+
+
+    assert {Image.open(io.BytesIO(s["jpg"])).size for s in read_shards(out)} == {(128, 128)}
+    # a shard-only setting repacks without media work
+    config.write_text("faces:\n  crop_size: 128\nshards:\n  maxcount: 2\n")
+    summary = run_build(manifest, out, config=config, workers=2)
+    assert (summary["clips_cached"], summary["clips_redone"]) == (3, 0)
+    assert summary["shards"] == {k: -(-n // 2) for k, n in summary["samples_per_split"].items()}
+
+
+def test_a_crash_fails_its_task_and_the_run_finishes(manifest, prefect_harness, tmp_path, monkeypatch):
+    real = pipeline.clip.decode_audio
+
+    def buggy(path, *a, **k):
+        if "coffee" in str(path):
+            raise KeyError("a bug")
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(pipeline.clip, "decode_audio", buggy)
+    out = tmp_path / "out"
+    summary = run_build(manifest, out, workers=2)
+    assert summary["clips_crashed"] == 1
+    got = statuses(out)
+    assert got["c"][:2] == ("failed", "internal_error") and got["a"][0] == got["b"][0] == "ok"
+    monkeypatch.setattr(pipeline.clip, "decode_audio", real)
+    again = run_build(manifest, out, workers=2)  # the crashed clip is redone once the bug is gone
+    assert (again["clips_redone"], again["clips_cached"]) == (1, 2)
+    assert statuses(out)["c"][:2] == ("rejected", "no_face")
+
+
+def test_dask_runner_matches_thread_runner(manifest, prefect_harness, tmp_path):
+    thread_out, dask_out = tmp_path / "thread", tmp_path / "dask"
+    run_build(manifest, thread_out, workers=2, runner="thread")
+    run_build(manifest, dask_out, workers=2, runner="dask")
+    assert statuses(thread_out) == statuses(dask_out)
+    thread_audio, dask_audio = audio_digests(thread_out), audio_digests(dask_out)
+    assert thread_audio == dask_audio and len(thread_audio) > 5
+    assert sorted(p.name for p in (dask_out / "shards").glob("*.tar")) == sorted(
+        p.name for p in (thread_out / "shards").glob("*.tar")
+    )

@@ -11,19 +11,29 @@ MIRROR ?=
 CONFIG ?=
 WORKERS ?= 2
 PYTEST_ARGS ?=
+POOL_ARGS = --workers $(WORKERS) --runner $(RUNNER) $(if $(ADDRESS),--address $(ADDRESS))
 
 SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng chromium
 APT_PACKAGES := ffmpeg espeak-ng chromium
 
-.PHONY: shards test bench lint format setup system-deps clean
+PORT ?= 4200
+CHANNELS ?= manifests/youtubers.csv
+RUNNER ?= thread
+ADDRESS ?=
+
+.PHONY: shards test bench serve lint format setup system-deps clean
 
 ## shards: build shards (the demo with no MANIFEST; else MANIFEST=… OUT=… [MIRROR=…] [CONFIG=…])
 shards: setup
 ifeq ($(strip $(MANIFEST)),)
-	$(BIN)/voiceface demo --out $(OUT) --workers $(WORKERS) $(if $(CONFIG),--config $(CONFIG))
+	$(BIN)/voiceface demo --out $(OUT) $(POOL_ARGS) $(if $(CONFIG),--config $(CONFIG))
 else
-	$(BIN)/voiceface build $(MANIFEST) --out $(OUT) --workers $(WORKERS) $(if $(MIRROR),--mirror $(MIRROR)) $(if $(CONFIG),--config $(CONFIG))
+	$(BIN)/voiceface build $(MANIFEST) --out $(OUT) $(POOL_ARGS) $(if $(MIRROR),--mirror $(MIRROR)) $(if $(CONFIG),--config $(CONFIG))
 endif
+
+## serve: a local Prefect server (UI on 127.0.0.1:$(PORT)) serving the scheduled deployments
+serve: setup
+	$(BIN)/voiceface serve --start-server --port $(PORT) --channels $(CHANNELS) --workers $(WORKERS)
 
 ## test: the whole suite, offline
 test: setup

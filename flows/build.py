@@ -71,7 +71,8 @@ def make_task_runner(runner: str, workers: int, address: str | None = None):
     raise ValueError(f"runner must be one of {RUNNERS}, not {runner!r}")
 
 
-@flow(name="build-shards", log_prints=True)
+# bounded by default too (Prefect's own default pool is not): deployments and subflow calls get this one
+@flow(name="build-shards", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def build_shards(
     manifest: str,
     out: str,

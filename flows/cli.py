@@ -14,65 +14,68 @@ DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "demo.csv"
 def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (stage sections; see README)")
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="clips processed at once")
-    p.add_argument(
-        "--optout",
-        action="append",
-        help="extra opt-out list (ids or URLs); manifests/optout.txt is always read",
-    )
+    p.add_argument("--optout", action="append", help="extra opt-out list (ids or URLs); manifests/optout.txt is read")
+    p.add_argument("--runner", choices=RUNNERS, default="thread", help="threads, or Dask worker processes")
+    p.add_argument("--address", help="with --runner dask: an existing cluster's scheduler, e.g. tcp://host:8786")
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="voiceface",
-        description="Talking-head videos → aligned face + speech windows → WebDataset shards.",
+        prog="voiceface", description="Talking-head videos → aligned face + speech windows → WebDataset shards."
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    b = sub.add_parser(
-        "build",
-        help="build shards from a manifest",
-        description="Build WebDataset shards from a manifest (AVSpeech or generic CSV).",
-    )
+    b = sub.add_parser("build", help="build shards from a manifest", description="Build shards from a manifest.")
     b.add_argument("manifest", help="CSV manifest: AVSpeech rows (no header) or a header with at least `source`")
-    b.add_argument("--out", required=True, help="output directory (shards/, clips.jsonl, summary.json)")
+    b.add_argument("--out", required=True, help="output directory (shards/, clips.jsonl, report.html)")
     b.add_argument("--mirror", help="directory of <id>.<ext> videos, tried before local paths and downloads")
     _add_build_args(b)
 
     d = sub.add_parser(
         "demo",
         help="generate the demo media offline and build out/demo",
-        description="Generate the bundled demo's media (public-domain photos + espeak-ng speech) and build its shards.",
+        description="Generate the demo's media (public-domain photos + espeak-ng speech) and build its shards.",
     )
     d.add_argument("--out", default="out/demo", help="output directory")
-    d.add_argument("--media", default="out/demo-media", help="where the generated demo videos go (the build's mirror)")
+    d.add_argument("--media", default="out/demo-media", help="where the demo videos go (the build's mirror)")
     _add_build_args(d)
 
-    args = parser.parse_args(argv)
+    s = sub.add_parser(
+        "serve",
+        help="serve the scheduled deployments",
+        description="Serve the deployments (nightly channel refresh, on-demand build) against PREFECT_API_URL, "
+        "or against a local `prefect server start` with --start-server.",
+    )
+    s.add_argument("--channels", default="manifests/youtubers.csv", help="name,gender,channel_url list")
+    s.add_argument("--out", default="out/youtubers", help="output directory of the nightly refresh")
+    s.add_argument("--cron", default="0 3 * * *", help="schedule of the nightly refresh")
+    s.add_argument("--workers", type=int, default=2, help="clips processed at once by each run")
+    s.add_argument("--start-server", action="store_true", help="start `prefect server start` (SQLite) first")
+    s.add_argument("--port", type=int, default=4200, help="port of the server started with --start-server")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from flows.deployments import serve_deployments
+
+        channels, out = str(Path(args.channels).resolve()), str(Path(args.out).resolve())
+        serve_deployments(channels, out, args.cron, args.workers, args.start_server, args.port)
+        return 0
+
     from flows.build import run_build
 
+    pool = dict(config=args.config, optout=args.optout, workers=args.workers, runner=args.runner, address=args.address)
     if args.command == "demo":
         from pipeline.demo import make_demo_media
 
         make_demo_media(Path(args.media))
-        run_build(
-            DEMO_MANIFEST,
-            args.out,
-            mirror=args.media,
-            config=args.config,
-            optout=args.optout,
-            workers=args.workers,
-        )
+        summary = run_build(DEMO_MANIFEST, args.out, mirror=args.media, **pool)
     else:
-        run_build(
-            args.manifest,
-            args.out,
-            mirror=args.mirror,
-            config=args.config,
-            optout=args.optout,
-            workers=args.workers,
-        )
-    # bad clips are data (clips.jsonl), not a failed command
-    return 0
+        summary = run_build(args.manifest, args.out, mirror=args.mirror, **pool)
+    # bad clips are data (clips.jsonl), not a failed command; a clip that crashed on a bug is
+    return 1 if summary.get("clips_crashed") else 0
 
 
 if __name__ == "__main__":

@@ -237,6 +237,8 @@ def make_sample(clip, src: Source, split, win, audio, frame_time_file_s, face: F
         "crop_size": cfg.faces.crop_size,
         "pipeline_version": PIPELINE_VERSION,
     }
+    if clip.gender:
+        meta["gender"] = clip.gender
     jpg = io.BytesIO()
     Image.fromarray(face.crop, "RGB").save(jpg, "JPEG", quality=cfg.faces.jpeg_quality)
     sample = {

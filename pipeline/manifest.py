@@ -20,7 +20,7 @@ from .records import Clip, ClipStatus, seconds_to_samples
 CLIP_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 YOUTUBE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 SPLITS = ("train", "val", "test")
-GENERIC_COLUMNS = ("source", "id", "identity", "start", "end", "x", "y", "split")
+GENERIC_COLUMNS = ("source", "id", "identity", "start", "end", "x", "y", "split", "gender")
 
 
 @dataclass
@@ -143,7 +143,8 @@ def parse_generic_row(row: dict[str, str], line: int) -> Clip:
         digest = hashlib.sha1(f"{source}|{s}|{e}".encode()).hexdigest()[:8]
         clip_id = f"{sanitize_id(stem)[:40]}-{digest}"
     identity = get("identity") or (yid or sanitize_id(Path(urlparse(source).path).stem))
-    return _clip(line, source, clip_id, identity, s, e, fx, fy, split, yid)
+    clip = _clip(line, source, clip_id, identity, s, e, fx, fy, split, yid)
+    return dataclasses.replace(clip, gender=get("gender") or None)
 
 
 def _is_generic_header(first: list[str]) -> bool:

@@ -30,6 +30,7 @@ class Clip:
     y: float | None = None
     split: str | None = None  # train / val / test override
     youtube_id: str | None = None
+    gender: str | None = None  # as given by the manifest (Wav2Pix channel lists carry it)
 
     @property
     def hint(self) -> tuple[float, float] | None:

@@ -58,7 +58,6 @@ def test_a_face_setting_change_redoes_clips_without_downloading_again(manifest, 
     assert (summary["clips_redone"], summary["clips_cached"]) == (3, 0)
     assert RangeHandler.requests["/stereo48k.mp4"] == fetched  # the kept segment was decoded again, not fetched
 
-
     assert {Image.open(io.BytesIO(s["jpg"])).size for s in read_shards(out)} == {(128, 128)}
     # a shard-only setting repacks without media work
     config.write_text("faces:\n  crop_size: 128\nshards:\n  maxcount: 2\n")

@@ -1,0 +1,109 @@
+"""Scheduled deployments: a nightly refresh that expands a channel list into its newest videos and builds
+shards from them, and an on-demand build. `voiceface serve` (make serve) serves both with their schedules."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from prefect import flow
+
+from flows.build import build_shards, make_task_runner
+from pipeline.channels import expand_channels
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHANNELS = ROOT / "manifests" / "youtubers.csv"
+NIGHTLY_CRON = "0 3 * * *"  # 03:00 every night, in the serving machine's timezone (UTC by default)
+
+
+@flow(name="refresh-channels", log_prints=True)
+def refresh_channels(
+    channels: str = str(DEFAULT_CHANNELS),
+    out: str = "out/youtubers",
+    per_channel: int = 20,
+    segment_s: float | None = None,
+    config: str | None = None,
+    workers: int = 2,
+) -> dict:
+    """Add each channel's newest videos (not yet in OUT/archive.txt) to OUT/manifest.csv, then build OUT.
+    Earlier videos are cached, so a nightly run only processes what is new."""
+    manifest, archive = Path(out) / "manifest.csv", Path(out) / "archive.txt"
+    added, problems = expand_channels(channels, manifest, archive, per_channel=per_channel, segment_s=segment_s)
+    for p in problems:
+        print(f"  channel list: {p}")
+    print(f"{added} new video(s) from {channels}; manifest {manifest}")
+    build = build_shards.with_options(task_runner=make_task_runner("thread", workers))
+    summary = build(manifest=str(manifest), out=out, config=config, workers=workers)
+    return {"added": added, **summary}
+
+
+def deployments(channels: str, out: str, cron: str, workers: int):
+    """The deployments `voiceface serve` serves."""
+    refresh = refresh_channels.to_deployment(
+        name="nightly-refresh",
+        cron=cron,
+        parameters={"channels": channels, "out": out, "workers": workers},
+        description="Newest videos of the channel list → manifest → shards, every night.",
+    )
+    build = build_shards.to_deployment(
+        name="build",
+        parameters={"workers": workers},
+        description="Build shards from a manifest, on demand (parameters: manifest, out, mirror, config).",
+    )
+    return [refresh, build]
+
+
+def wait_for_api(api_url: str, timeout_s: float = 120.0) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"no Prefect API at {api_url} after {timeout_s:.0f}s")
+
+
+def start_local_server(
+    host: str = "127.0.0.1", port: int = 4200, env: dict | None = None
+) -> tuple[subprocess.Popen, str]:
+    """`prefect server start` (SQLite under PREFECT_HOME, UI at http://host:port); returns (process, API URL)."""
+    api_url = f"http://{host}:{port}/api"
+    env = {**(env or os.environ), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = Path(sys.executable).with_name("prefect")
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", host, "--port", str(port)], env=env)
+    try:
+        wait_for_api(api_url)
+    except TimeoutError:
+        proc.terminate()
+        raise
+    return proc, api_url
+
+
+def serve_deployments(channels: str, out: str, cron: str, workers: int, start_server: bool, port: int) -> None:
+    """Serve the deployments until interrupted, against PREFECT_API_URL or a local server started here."""
+    from prefect import serve
+
+    server = None
+    if start_server:
+        server, api_url = start_local_server(port=port)
+        os.environ["PREFECT_API_URL"] = api_url
+        print(f"Prefect server: UI http://127.0.0.1:{port}, API {api_url}")
+    elif not os.environ.get("PREFECT_API_URL"):
+        raise SystemExit("set PREFECT_API_URL to your Prefect server's API (or use --start-server / make serve)")
+    try:
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
+            serve(*deployments(channels, out, cron, workers))
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)

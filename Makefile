@@ -39,9 +39,10 @@ serve: setup
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-## bench: realtime factor per stage on a generated 240 s 480p talking head
+## bench: realtime factor per stage (240 s 480p talking head); memory, re-run and Dask figures (tiny clips)
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
+	$(BIN)/python benchmarks/bench_orchestration.py
 
 lint: setup
 	$(BIN)/ruff check pipeline flows tests benchmarks

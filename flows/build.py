@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import traceback
-from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -15,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.build import finish_build, format_summary, plan_build
+from pipeline.build import describe_plan, finish_build, format_summary, output_paths, plan_build
 from pipeline.clip import BuildContext, record_crash, run_clip
 from pipeline.config import DownloadConfig, load_config
 from pipeline.records import Clip, ClipStatus
@@ -86,15 +85,7 @@ def build_shards(
     logger = get_run_logger()
     cfg = load_config(config)
     plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
-    m = plan.manifest
-    print(
-        f"manifest {manifest}: {m.n_rows} rows ({m.format}); {plan.n_new} new, {plan.n_cached} cached, "
-        f"{plan.n_redone} to redo; {len(m.rejected)} not processed"
-    )
-    for bad in m.rejected:
-        print(f"  skipped {bad.id}: {bad.reason}: {bad.detail}")
-    for warning in m.warnings:
-        print(f"  warning: {warning}")
+    print("\n".join(describe_plan(plan, manifest)))
     if any(c.youtube_id for c in plan.todo):
         ensure_youtube_limit(cfg.download)
 
@@ -129,10 +120,7 @@ def build_shards(
     print("\n" + format_summary(summary))
     if crashed:
         logger.error("%d clip(s) crashed on a bug (reason internal_error in clips.jsonl)", crashed)
-    print(
-        f"shards: {Path(out) / 'shards'}\nclips: {Path(out) / 'clips.jsonl'}\n"
-        f"report: {Path(out) / 'report.html'} (and {Path(out) / 'summary.json'})"
-    )
+    print(output_paths(out))
     return summary
 
 

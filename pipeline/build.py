@@ -7,6 +7,8 @@ not grow with the number of clips beyond the manifest itself.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import heapq
 import json
 import os
@@ -16,13 +18,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import PIPELINE_VERSION
 from .clip import BuildContext, cached_status, read_status, split_of
 from .config import Config
 from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
 from .report import RunReport
-from .shards import SHARD_DIR, atomic_write_bytes, pack_shards
+from .shards import SHARD_DIR, atomic_write_bytes, clean_interrupted, pack_shards
 
 DEFAULT_OPTOUT = Path(__file__).resolve().parents[1] / "manifests" / "optout.txt"
 
@@ -77,6 +80,26 @@ def plan_build(
     return plan
 
 
+def describe_plan(plan: BuildPlan, manifest_path: str | Path) -> list[str]:
+    """What a build is about to do, and every row it will not process, with the reason."""
+    m = plan.manifest
+    lines = [
+        f"manifest {manifest_path}: {m.n_rows} rows ({m.format}); {plan.n_new} new, {plan.n_cached} cached, "
+        f"{plan.n_redone} to redo; {len(m.rejected)} not processed"
+    ]
+    lines += [f"  skipped {bad.id}: {bad.reason}: {bad.detail}" for bad in m.rejected]
+    lines += [f"  warning: {w}" for w in m.warnings]
+    return lines
+
+
+def output_paths(out: str | Path) -> str:
+    out = Path(out)
+    return (
+        f"shards: {out / SHARD_DIR}\nclips: {out / 'clips.jsonl'}\n"
+        f"report: {out / 'report.html'} (and {out / 'summary.json'})"
+    )
+
+
 def _rows(plan: BuildPlan) -> Iterator[tuple[ClipStatus, Clip | None]]:
     """Every manifest row's status in line order: rejected rows from the manifest, the rest from disk."""
     ctx = plan.ctx
@@ -104,14 +127,37 @@ def finish_build(plan: BuildPlan) -> dict:
             f.write(json.dumps(_public_row(status)) + "\n")
             report.add_status(status)
             by_status[status.status] += 1
-    packed = ((ctx.clip_tar(s.id), s.split) for s, clip in _rows(plan) if clip is not None and s.status == "ok")
-    counts = pack_shards(ctx.out, packed, ctx.cfg.shards, observe=lambda meta, s: report.add_sample(meta, s["jpg"]))
+    counts = _pack_unless_unchanged(plan, report)
     os.replace(partial, ctx.out / "clips.jsonl")
     summary = summarise(plan, report, by_status, counts)
     atomic_write_bytes(ctx.out / "summary.json", json.dumps(summary, indent=2).encode())
     atomic_write_bytes(ctx.out / "report.html", report.html(summary).encode())
     summary["report_markdown"] = report.markdown(summary)
     return summary
+
+
+def _pack_unless_unchanged(plan: BuildPlan, report: RunReport) -> dict:
+    """Pack the shards, unless the inputs of the last packing (the same clip tars, splits and shard settings)
+    are unchanged and its shards are still in place: then they already are what packing would write."""
+    ctx = plan.ctx
+    packed = [(ctx.clip_tar(s.id), s.split) for s, clip in _rows(plan) if clip is not None and s.status == "ok"]
+    digest = hashlib.sha1(repr((PIPELINE_VERSION, dataclasses.asdict(ctx.cfg.shards))).encode())
+    for tar, split in packed:
+        st = tar.stat()
+        digest.update(f"{tar.name}|{split}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    record = ctx.work / "pack.json"
+    if record.exists():
+        last = json.loads(record.read_text())
+        expected = {f"{split}-{i:06d}.tar" for split, c in last["counts"].items() for i in range(c["shards"])}
+        present = {p.name for p in (ctx.out / SHARD_DIR).glob("*.tar")}
+        if last["fingerprint"] == digest.hexdigest() and present == expected:
+            clean_interrupted(ctx.out)
+            report.restore_sample_state(last["report"])
+            return last["counts"]
+    counts = pack_shards(ctx.out, packed, ctx.cfg.shards, observe=lambda meta, s: report.add_sample(meta, s["jpg"]))
+    state = {"fingerprint": digest.hexdigest(), "counts": counts, "report": report.sample_state()}
+    atomic_write_bytes(record, json.dumps(state).encode())
+    return counts
 
 
 def _public_row(s: ClipStatus) -> dict:

@@ -85,6 +85,24 @@ class RunReport:
         if thumbs is not None and len(thumbs) < self.thumbs_per_identity:
             thumbs.append(_thumbnail(jpg))
 
+    def sample_state(self) -> dict:
+        """What add_sample gathered, as JSON: kept with the shards so an unchanged re-run need not re-read them."""
+        return {
+            "speech_hist": dict(self.speech_hist),
+            "face_hist": dict(self.face_hist),
+            "samples": {i: [v[0], v[2], v[3]] for i, v in self.identities.items() if v[2]},
+            "thumbs": {i: [base64.b64encode(t).decode() for t in ts] for i, ts in self.thumbs.items()},
+        }
+
+    def restore_sample_state(self, state: dict) -> None:
+        self.speech_hist.update({int(k): v for k, v in state["speech_hist"].items()})
+        self.face_hist.update({int(k): v for k, v in state["face_hist"].items()})
+        for identity, (split, n, seconds) in state["samples"].items():
+            row = self.identities.setdefault(identity, [split, 0, 0, 0.0])
+            row[2] += n
+            row[3] += seconds
+        self.thumbs = {i: [base64.b64decode(t) for t in ts] for i, ts in state["thumbs"].items()}
+
     def funnel_rows(self) -> list[tuple[str, int]]:
         stages = ["manifest rows", "clips", "resolved", "decoded", "windows", "speech windows", "faces", "written"]
         return [(stage, self.funnel[stage]) for stage in stages]

@@ -96,3 +96,18 @@ def test_dask_runner_matches_thread_runner(manifest, prefect_harness, tmp_path):
     assert sorted(p.name for p in (dask_out / "shards").glob("*.tar")) == sorted(
         p.name for p in (thread_out / "shards").glob("*.tar")
     )
+
+
+def test_youtube_rate_limit_is_created_from_the_config(prefect_harness):
+    from prefect.client.orchestration import get_client
+
+    from flows.build import ensure_youtube_limit, youtube_gate
+    from pipeline.config import DownloadConfig
+
+    ensure_youtube_limit(DownloadConfig(youtube_rate_per_s=5.0, youtube_burst=3))
+    ensure_youtube_limit(DownloadConfig(youtube_rate_per_s=1.0))  # an existing limit is left as the operator set it
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name("youtube")
+    assert (limit.limit, limit.slot_decay_per_second) == (3, 5.0)
+    for _ in range(3):
+        youtube_gate()  # takes a slot each time, without error

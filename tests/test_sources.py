@@ -51,13 +51,15 @@ def test_http_404_is_video_unavailable_and_not_retried(http_media, tmp_path):
 
 def test_429_is_rate_limited_and_retried_with_growing_backoff(http_media, tmp_path):
     RangeHandler.forced["/busy.mp4"] = 429
-    sleeps = []
+    sleeps, gate = [], []
     try:
         with pytest.raises(ClipError) as err:
-            resolve_source(clip(f"{http_media.url}/busy.mp4"), FAST, tmp_path / "dl", sleep=sleeps.append)
+            c = clip(f"{http_media.url}/busy.mp4")
+            resolve_source(c, FAST, tmp_path / "dl", sleep=sleeps.append, gate=lambda: gate.append(1))
     finally:
         RangeHandler.forced.pop("/busy.mp4")
     assert err.value.reason == "rate_limited"
+    assert len(gate) == 3  # every attempt waits on the rate limit
     assert len(sleeps) == 2 and 0.005 <= sleeps[0] <= 0.01 and 0.01 <= sleeps[1] <= 0.02
 
 

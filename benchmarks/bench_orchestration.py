@@ -1,0 +1,103 @@
+"""Orchestration figures (`make bench`): peak RSS of a build of 500 tiny clips vs 50 (target ratio <= 1.2),
+the speed-up of re-running a finished build (target >= 10x), and Dask (2-worker LocalCluster) vs thread wall time.
+
+Each build runs in a fresh Python process that reports its own peak RSS (ru_maxrss of the flow process; the
+temporary Prefect server and the Dask workers are other processes). The clips are copies of one generated
+2 s talking head listed under different ids, so every clip does full media work.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "out" / "bench" / "orchestration"
+RUNNER = """
+import json, resource, sys, time
+from flows.build import run_build
+if __name__ == "__main__":
+    t = time.perf_counter()
+    s = run_build(sys.argv[1], sys.argv[2], workers=2, runner=sys.argv[3])
+    print("RESULT " + json.dumps({"seconds": time.perf_counter() - t, "samples": s["samples"],
+          "new": s["clips_new"], "cached": s["clips_cached"],
+          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def tiny_clip() -> Path:
+    from pipeline.synth import Placement, astronaut, speech_wav, talking_head
+
+    path = OUT / "tiny.mp4"
+    if not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        speech = speech_wav(OUT / "speech.wav")
+        talking_head(path, [Placement(astronaut(), 100, 160, 120)], 2.0, speech, size=(320, 240))
+    return path
+
+
+def manifest(n: int, clip: Path) -> Path:
+    path = OUT / f"tiny-{n}.csv"
+    rows = [f"{clip},tiny{i:05d},person{i % 50}" for i in range(n)]
+    path.write_text("source,id,identity\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def build(manifest_path: Path, out: Path, runner: str = "thread") -> dict:
+    r = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(manifest_path), str(out), runner], capture_output=True, text=True, cwd=ROOT
+    )
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"build failed:\n{r.stderr[-3000:]}")
+    return json.loads(line[len("RESULT ") :])
+
+
+def fresh(path: Path) -> Path:
+    shutil.rmtree(path, ignore_errors=True)
+    return path
+
+
+def main() -> int:
+    clip = tiny_clip()
+    m50, m500 = manifest(50, clip), manifest(500, clip)
+    first = build(m50, fresh(OUT / "out-50"))
+    rerun = build(m50, OUT / "out-50")
+    big = build(m500, fresh(OUT / "out-500"))
+    dask = build(m50, fresh(OUT / "out-50-dask"), runner="dask")
+    figures = {
+        "peak_rss_mb_50": round(first["peak_rss_mb"], 1),
+        "peak_rss_mb_500": round(big["peak_rss_mb"], 1),
+        "rss_ratio_500_vs_50": round(big["peak_rss_mb"] / first["peak_rss_mb"], 3),
+        "first_build_s_50": round(first["seconds"], 2),
+        "rerun_s_50": round(rerun["seconds"], 2),
+        "rerun_speedup": round(first["seconds"] / rerun["seconds"], 1),
+        "rerun_cached": rerun["cached"],
+        "build_s_500": round(big["seconds"], 2),
+        "dask_s_50": round(dask["seconds"], 2),
+        "thread_s_50": round(first["seconds"], 2),
+        "samples_50": first["samples"],
+        "samples_500": big["samples"],
+    }
+    print(
+        f"peak RSS of the flow process: {figures['peak_rss_mb_50']} MB for 50 clips, "
+        f"{figures['peak_rss_mb_500']} MB for 500 -> ratio {figures['rss_ratio_500_vs_50']} (target <= 1.2)"
+    )
+    print(
+        f"re-run of a finished 50-clip build: {figures['first_build_s_50']} s -> {figures['rerun_s_50']} s, "
+        f"{figures['rerun_speedup']}x faster (target >= 10x), {figures['rerun_cached']} clips cached"
+    )
+    print(
+        f"50 clips, 2 workers: threads {figures['thread_s_50']} s, Dask LocalCluster {figures['dask_s_50']} s "
+        f"(wall, including Prefect's temporary server and the cluster's start)"
+    )
+    (OUT / "bench_orchestration.json").write_text(json.dumps(figures, indent=2))
+    print(f"wrote {(OUT / 'bench_orchestration.json').relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

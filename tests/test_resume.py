@@ -59,3 +59,13 @@ def test_killed_build_resumes_without_duplicates(media, tmp_path):
     assert len(lines) == N_CLIPS
     # the clips finished before the kill were not redone
     assert f"{N_CLIPS - done_before} new, {done_before} cached, 0 to redo" in r.stdout + r.stderr
+    # a third run has nothing to do: no Prefect server, no repacking, the same bytes
+    before = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "without starting Prefect" in r.stdout
+    assert "temporary server" not in r.stdout + r.stderr
+    assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == before
+    # a shard gone missing is noticed: the shards are packed again
+    next(iter((out / "shards").glob("*.tar"))).unlink()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")} == before

@@ -104,6 +104,13 @@ def test_youtube_rate_limit_is_created_from_the_config(prefect_harness):
     from flows.build import ensure_youtube_limit, youtube_gate
     from pipeline.config import DownloadConfig
 
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:  # a build of YouTube ids earlier in the session made one
+        try:
+            client.delete_global_concurrency_limit_by_name("youtube")
+        except ObjectNotFound:
+            pass
     ensure_youtube_limit(DownloadConfig(youtube_rate_per_s=5.0, youtube_burst=3))
     ensure_youtube_limit(DownloadConfig(youtube_rate_per_s=1.0))  # an existing limit is left as the operator set it
     with get_client(sync_client=True) as client:

@@ -6,12 +6,13 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.build import finish_build, format_summary, plan_build
+from pipeline.build import BuildPlan, finish_build, format_summary, plan_build
 from pipeline.clip import BuildContext, run_clip
-from pipeline.config import load_config
+from pipeline.config import VGGFaceConfig, load_config
 from pipeline.records import Clip, ClipStatus
 
 
@@ -19,6 +20,39 @@ from pipeline.records import Clip, ClipStatus
 def clip_task(clip: Clip, ctx: BuildContext) -> ClipStatus:
     # run_clip records every clip failure as a status row; anything raised here is a real crash
     return run_clip(clip, ctx)
+
+
+VGGFACE_TARS_PER_TASK = 512
+
+
+@task(name="vggface", cache_policy=NO_CACHE)
+def vggface_task(tars: list[Path], cfg: VGGFaceConfig, weights: str):
+    from pipeline.vggface import add_vggface, get_extractor
+
+    # Flows sharing a GPU queue on the server's "gpu" concurrency limit (`prefect gcl create gpu --limit 1`);
+    # where there is none, Prefect logs that it does not exist and the task runs at once.
+    with concurrency("gpu", occupy=1):
+        extractor = get_extractor(cfg, weights)
+        print(extractor.describe())
+        return add_vggface(tars, extractor)
+
+
+def vggface_weights(cfg: VGGFaceConfig) -> str | None:
+    """The VGG-Face weights file (checked before any clip work), or None after saying once that the stage is off."""
+    from pipeline.vggface import STAGE_OFF, resolve_weights
+
+    weights = resolve_weights(cfg)
+    if weights is None:
+        print(STAGE_OFF)
+    return weights
+
+
+def vggface_stage(plan: BuildPlan, done: dict[str, ClipStatus], weights: str) -> None:
+    """VGG-Face features into every finished clip tar, before the shards are packed from them."""
+    statuses = {**plan.cached, **done}
+    tars = [plan.ctx.clip_tar(c.clip_id) for c in plan.manifest.clips if statuses[c.clip_id].status == "ok"]
+    for lo in range(0, len(tars), VGGFACE_TARS_PER_TASK):
+        print(vggface_task(tars[lo : lo + VGGFACE_TARS_PER_TASK], plan.ctx.cfg.vggface, weights))
 
 
 @flow(name="build-shards", log_prints=True)
@@ -33,6 +67,7 @@ def build_shards(
     """Build WebDataset shards in OUT from a manifest. Re-running with the same arguments finishes an
     interrupted build and redoes only what is missing."""
     cfg = load_config(config)
+    vgg_weights = vggface_weights(cfg.vggface)
     plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
     m = plan.manifest
     print(
@@ -54,6 +89,8 @@ def build_shards(
             done[status.id] = status
             note = f"{status.windows_written} windows" if status.status == "ok" else f"{status.reason}: {status.detail}"
             print(f"[{len(done)}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s")
+    if vgg_weights is not None:
+        vggface_stage(plan, done, vgg_weights)
     summary = finish_build(plan, done)
     print("\n" + format_summary(summary))
     print(f"shards: {Path(out) / 'shards'}\nclips: {Path(out) / 'clips.jsonl'}\nreport: {Path(out) / 'summary.json'}")

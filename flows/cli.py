@@ -46,7 +46,20 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--media", default="out/demo-media", help="where the generated demo videos go (the build's mirror)")
     _add_build_args(d)
 
+    v = sub.add_parser(
+        "vggface",
+        help="add VGG-Face features (vggface.npy) to a finished build",
+        description="Add the VGG-Face fc7 feature (vggface.npy) to every sample of OUT/shards and of the per-clip "
+        "tars in OUT/.work, rewriting each tar atomically. Samples that have it with the same settings are skipped.",
+    )
+    v.add_argument("out", help="a build's output directory")
+    v.add_argument("--config", help="YAML config file (its vggface section is used)")
+    v.add_argument("--weights", help="vgg_face_dag.pth (default: vggface.weights, else $VGGFACE_WEIGHTS)")
+    v.add_argument("--force", action="store_true", help="recompute features that are already there")
+
     args = parser.parse_args(argv)
+    if args.command == "vggface":
+        return _vggface(args)
     from flows.build import run_build
 
     if args.command == "demo":
@@ -71,6 +84,29 @@ def main(argv: list[str] | None = None) -> int:
             workers=args.workers,
         )
     # bad clips are data (clips.jsonl), not a failed command
+    return 0
+
+
+def _vggface(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipeline.config import load_config
+    from pipeline.vggface import STAGE_OFF, add_vggface_to_build, get_extractor, resolve_weights
+
+    cfg = load_config(args.config).vggface
+    if args.weights:
+        cfg = dataclasses.replace(cfg, weights=args.weights)
+    weights = resolve_weights(cfg)
+    if weights is None:
+        print(STAGE_OFF, file=sys.stderr)
+        return 2
+    if not (Path(args.out) / "shards").is_dir():
+        print(f"error: {Path(args.out) / 'shards'} does not exist: build first", file=sys.stderr)
+        return 2
+    extractor = get_extractor(cfg, weights)
+    print(extractor.describe())
+    report, clip_tars = add_vggface_to_build(Path(args.out), extractor, force=args.force)
+    print(f"{report}\nper-clip tars updated: {clip_tars}")
     return 0
 
 

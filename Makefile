@@ -15,7 +15,7 @@ PYTEST_ARGS ?=
 SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng
 APT_PACKAGES := ffmpeg espeak-ng
 
-.PHONY: shards test bench lint format setup system-deps clean
+.PHONY: shards test bench bench-gpu lint format setup system-deps clean
 
 ## shards: build shards (the demo with no MANIFEST; else MANIFEST=… OUT=… [MIRROR=…] [CONFIG=…])
 shards: setup
@@ -32,6 +32,10 @@ test: setup
 ## bench: realtime factor per stage on a generated 240 s 480p talking head
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
+
+## bench-gpu: VGG-Face faces/s per batch size and precision, fp32-vs-bf16 agreement (BENCH_ARGS=--compile)
+bench-gpu: setup
+	$(BIN)/python benchmarks/bench_vggface.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check pipeline flows tests benchmarks

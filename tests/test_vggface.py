@@ -45,10 +45,11 @@ def random_state():
 
 
 @pytest.fixture(scope="module")
-def weights(random_state, tmp_path_factory) -> Path:
+def weights(random_state, tmp_path_factory):
     path = tmp_path_factory.mktemp("vggface") / "vgg_face_dag.pth"
     torch.save(dict(random_state), path)  # a plain {key: tensor} dict, as the converted file is
-    return path
+    yield path
+    path.unlink()  # 580 MB: not left in pytest's kept temp dirs
 
 
 @pytest.fixture(scope="module")
@@ -145,12 +146,14 @@ def test_conv_shaped_fc6_and_half_precision_files_load(random_state, tmp_path):
     state["fc6.weight"] = state["fc6.weight"].reshape(4096, 512, 7, 7)  # as some conversions store it
     torch.save(state, tmp_path / "conv_fc6.pth")
     loaded = read_dag_weights(tmp_path / "conv_fc6.pth")
+    (tmp_path / "conv_fc6.pth").unlink()
     assert loaded["fc6.weight"].shape == (4096, 25088) and loaded["fc6.weight"].dtype == torch.float32
     assert torch.equal(loaded["fc6.weight"], random_state["fc6.weight"].half().float())
     del state["fc8.bias"]
     torch.save(state, tmp_path / "incomplete.pth")
     with pytest.raises(ValueError, match="not vgg_face_dag weights"):
         read_dag_weights(tmp_path / "incomplete.pth")
+    (tmp_path / "incomplete.pth").unlink()
 
 
 def test_preprocessing_is_pixel_minus_mean_rgb_unscaled():

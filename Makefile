@@ -21,7 +21,7 @@ CHANNELS ?= manifests/youtubers.csv
 RUNNER ?= thread
 ADDRESS ?=
 
-.PHONY: shards test bench serve lint format setup system-deps clean
+.PHONY: shards test bench bench-gpu serve lint format setup system-deps clean
 
 ## shards: build shards (the demo with no MANIFEST; else MANIFEST=… OUT=… [MIRROR=…] [CONFIG=…])
 shards: setup
@@ -43,6 +43,10 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_orchestration.py
+
+## bench-gpu: VGG-Face faces/s per batch size and precision, fp32-vs-bf16 agreement (BENCH_ARGS=--compile)
+bench-gpu: setup
+	$(BIN)/python benchmarks/bench_vggface.py $(BENCH_ARGS)
 
 lint: setup
 	$(BIN)/ruff check pipeline flows tests benchmarks

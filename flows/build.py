@@ -7,16 +7,18 @@ import contextlib
 import logging
 import os
 import traceback
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.build import describe_plan, finish_build, format_summary, output_paths, plan_build
-from pipeline.clip import BuildContext, record_crash, run_clip
-from pipeline.config import DownloadConfig, load_config
+from pipeline.build import BuildPlan, describe_plan, finish_build, format_summary, output_paths, plan_build
+from pipeline.clip import BuildContext, read_status, record_crash, run_clip
+from pipeline.config import DownloadConfig, VGGFaceConfig, load_config
 from pipeline.records import Clip, ClipStatus
 
 RUNNERS = ("thread", "dask")
@@ -70,6 +72,43 @@ def make_task_runner(runner: str, workers: int, address: str | None = None):
     raise ValueError(f"runner must be one of {RUNNERS}, not {runner!r}")
 
 
+VGGFACE_TARS_PER_TASK = 512
+
+
+@task(name="vggface", cache_policy=NO_CACHE)
+def vggface_task(tars: list[Path], cfg: VGGFaceConfig, weights: str):
+    from pipeline.vggface import add_vggface, get_extractor
+
+    # Flows sharing a GPU queue on the server's "gpu" concurrency limit (`prefect gcl create gpu --limit 1`);
+    # where there is none, Prefect logs that it does not exist and the task runs at once.
+    with concurrency("gpu", occupy=1):
+        extractor = get_extractor(cfg, weights)
+        print(extractor.describe())
+        return add_vggface(tars, extractor)
+
+
+def vggface_weights(cfg: VGGFaceConfig) -> str | None:
+    """The VGG-Face weights file (checked before any clip work), or None after saying once that the stage is off."""
+    from pipeline.vggface import STAGE_OFF, resolve_weights
+
+    weights = resolve_weights(cfg)
+    if weights is None:
+        print(STAGE_OFF)
+    return weights
+
+
+def vggface_stage(plan: BuildPlan, weights: str) -> None:
+    """VGG-Face features into every finished clip tar, before the shards are packed from them (tars that have
+    them already, with the same settings, are left as they are)."""
+    tars = []
+    for c in plan.manifest.clips:
+        status = read_status(plan.ctx, c.clip_id)
+        if status is not None and status.status == "ok":
+            tars.append(plan.ctx.clip_tar(c.clip_id))
+    for lo in range(0, len(tars), VGGFACE_TARS_PER_TASK):
+        print(vggface_task(tars[lo : lo + VGGFACE_TARS_PER_TASK], plan.ctx.cfg.vggface, weights))
+
+
 # bounded by default too (Prefect's own default pool is not): deployments and subflow calls get this one
 @flow(name="build-shards", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
 def build_shards(
@@ -84,6 +123,7 @@ def build_shards(
     interrupted build and redoes only what is missing or out of date."""
     logger = get_run_logger()
     cfg = load_config(config)
+    vgg_weights = vggface_weights(cfg.vggface)
     plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
     print("\n".join(describe_plan(plan, manifest)))
     if any(c.youtube_id for c in plan.todo):
@@ -108,6 +148,8 @@ def build_shards(
             print(f"[{done}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s")
         del futures, batch
 
+    if vgg_weights is not None:
+        vggface_stage(plan, vgg_weights)
     summary = finish_build(plan)
     summary["clips_crashed"] = crashed
     markdown = summary.pop("report_markdown")

@@ -52,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=2, help="clips processed at once by each run")
     s.add_argument("--start-server", action="store_true", help="start `prefect server start` (SQLite) first")
     s.add_argument("--port", type=int, default=4200, help="port of the server started with --start-server")
+    v = sub.add_parser(
+        "vggface",
+        help="add VGG-Face features (vggface.npy) to a finished build",
+        description="Add the VGG-Face fc7 feature (vggface.npy) to every sample of OUT/shards and of the per-clip "
+        "tars in OUT/.work, rewriting each tar atomically. Samples that have it with the same settings are skipped.",
+    )
+    v.add_argument("out", help="a build's output directory")
+    v.add_argument("--config", help="YAML config file (its vggface section is used)")
+    v.add_argument("--weights", help="vgg_face_dag.pth (default: vggface.weights, else $VGGFACE_WEIGHTS)")
+    v.add_argument("--force", action="store_true", help="recompute features that are already there")
+
     return parser
 
 
@@ -63,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         channels, out = str(Path(args.channels).resolve()), str(Path(args.out).resolve())
         serve_deployments(channels, out, args.cron, args.workers, args.start_server, args.port)
         return 0
+    if args.command == "vggface":
+        return _vggface(args)
 
     if args.command == "demo":
         from pipeline.demo import make_demo_media
@@ -87,9 +100,12 @@ def finish_if_all_cached(manifest, out, mirror, config, optout) -> dict | None:
     if os.environ.get("PREFECT_API_URL"):
         return None  # a real server is cheap to use and keeps the run history
     from pipeline.build import describe_plan, finish_build, format_summary, output_paths, plan_build
-    from pipeline.config import load_config
+    from pipeline.config import load_config, resolve_weights
 
-    plan = plan_build(manifest, out, load_config(config), mirror=mirror, optout_files=optout)
+    cfg = load_config(config)
+    if resolve_weights(cfg.vggface) is not None:
+        return None  # the VGG-Face stage may have features to add to cached clips: that is GPU work for the flow
+    plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
     if plan.todo:
         return None
     print("\n".join(describe_plan(plan, manifest)))
@@ -98,6 +114,29 @@ def finish_if_all_cached(manifest, out, mirror, config, optout) -> dict | None:
     summary.pop("report_markdown")
     print(format_summary(summary) + "\n" + output_paths(out))
     return summary
+
+
+def _vggface(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from pipeline.config import load_config
+    from pipeline.vggface import STAGE_OFF, add_vggface_to_build, get_extractor, resolve_weights
+
+    cfg = load_config(args.config).vggface
+    if args.weights:
+        cfg = dataclasses.replace(cfg, weights=args.weights)
+    weights = resolve_weights(cfg)
+    if weights is None:
+        print(STAGE_OFF, file=sys.stderr)
+        return 2
+    if not (Path(args.out) / "shards").is_dir():
+        print(f"error: {Path(args.out) / 'shards'} does not exist: build first", file=sys.stderr)
+        return 2
+    extractor = get_extractor(cfg, weights)
+    print(extractor.describe())
+    report, clip_tars = add_vggface_to_build(Path(args.out), extractor, force=args.force)
+    print(f"{report}\nper-clip tars updated: {clip_tars}")
+    return 0
 
 
 if __name__ == "__main__":

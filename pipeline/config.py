@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,12 +72,37 @@ class ShardConfig:
     split_salt: str = "voiceface"  # change it to draw a different identity split
 
 
+VGGFACE_WEIGHTS_ENV = "VGGFACE_WEIGHTS"
+
+
+@dataclass(frozen=True)
+class VGGFaceConfig:
+    weights: str | None = None  # vgg_face_dag.pth; None: $VGGFACE_WEIGHTS; neither: the stage is off
+    layer: str = "fc7"  # fc7 (Speech2Face's target) or fc6
+    relu: bool = True  # the layer after its ReLU, as Speech2Face used; false: before it
+    batch_size: int = 128  # crops per forward pass, gathered across clips
+    precision: str = "bf16"  # bf16 | fp16 | fp32 autocast on CUDA; the CPU fallback of device auto runs fp32
+    device: str = "auto"  # auto (CUDA if there is one, else the CPU, slowly) | cuda | cpu
+    compile: bool = False  # torch.compile: a minute of warm-up, worth it over millions of faces
+    channels_last: bool = True  # NHWC convolutions, the fast layout for tensor cores
+    decode_workers: int = 8  # threads decoding JPEG crops (~2,500 a second each) while the GPU runs a batch
+
+    def __post_init__(self):
+        for name, valid in (("layer", ("fc6", "fc7")), ("precision", ("bf16", "fp16", "fp32")),
+                            ("device", ("auto", "cuda", "cpu"))):  # fmt: skip
+            if getattr(self, name) not in valid:
+                raise ValueError(f"vggface.{name} must be one of {valid}, not {getattr(self, name)!r}")
+        if self.batch_size < 1 or self.decode_workers < 1:
+            raise ValueError("vggface.batch_size and vggface.decode_workers must be >= 1")
+
+
 @dataclass(frozen=True)
 class Config:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     faces: FaceConfig = field(default_factory=FaceConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    vggface: VGGFaceConfig = field(default_factory=VGGFaceConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -101,8 +127,11 @@ class Config:
         return cls(**kwargs)
 
     def clip_hash(self) -> str:
-        """Hash of the settings that change a clip's samples (not how shards are packed)."""
-        relevant = {k: v for k, v in self.to_dict().items() if k != "shards"}
+        """Hash of the settings that change a clip's samples (not how shards are packed).
+
+        VGG-Face settings are left out: its features are added to finished clip tars by a pass that checks each
+        sample's own record of them, so turning the stage on or changing it never redoes a clip's media work."""
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ("shards", "vggface")}
         relevant["download"] = {"max_height": self.download.max_height}
         return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -116,3 +145,16 @@ def load_config(path: str | Path | None) -> Config:
     if data is not None and not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a mapping of stage sections")
     return Config.from_dict(data)
+
+
+def resolve_weights(cfg: VGGFaceConfig) -> str | None:
+    """The weights file: ``vggface.weights``, else $VGGFACE_WEIGHTS; None means the stage is off.
+    A path that is given but missing is an error, raised before any work is done."""
+    path, source = (cfg.weights, "vggface.weights") if cfg.weights else (os.environ.get(VGGFACE_WEIGHTS_ENV), "env")
+    if not path:
+        return None
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+        where = f"${VGGFACE_WEIGHTS_ENV}" if source == "env" else source
+        raise FileNotFoundError(f"VGG-Face weights {path} (from {where}) not found")
+    return path

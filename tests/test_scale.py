@@ -100,11 +100,10 @@ def test_dask_runner_matches_thread_runner(manifest, prefect_harness, tmp_path):
 
 def test_youtube_rate_limit_is_created_from_the_config(prefect_harness):
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     from flows.build import ensure_youtube_limit, youtube_gate
     from pipeline.config import DownloadConfig
-
-    from prefect.exceptions import ObjectNotFound
 
     with get_client(sync_client=True) as client:  # a build of YouTube ids earlier in the session made one
         try:

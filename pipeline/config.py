@@ -68,11 +68,27 @@ class ShardConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    """The curation queue: which kept windows wait for a person, and what shards do until they decide."""
+
+    queue_on_build: bool = True  # a build fills the queue (OUT/review/review.db) with the windows flagged below
+    include_unreviewed: bool = False  # queued windows nobody has accepted yet are left out of the shards
+    min_det_score: float = 0.5  # dlib HOG score; detections this weak are often not a face (low_face_score)
+    min_face_px: int = 96  # narrower faces pass faces.min_face_px but are upscaled ~2x or more (small_face)
+    min_sharpness: float = 20.0  # variance of the Laplacian of the grey crop's centre; below: blurry
+    min_speech_ratio: float = 0.8  # the build keeps >= speech.min_speech_ratio; this band is borderline
+    max_identity_distance: float = 0.6  # dlib distance to the identity's medoid (dlib's same-person tolerance)
+    min_identity_windows: int = 5  # identities with fewer embedded windows get no outlier check
+    page_size: int = 50  # cards per page
+
+
+@dataclass(frozen=True)
 class Config:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     faces: FaceConfig = field(default_factory=FaceConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -97,8 +113,8 @@ class Config:
         return cls(**kwargs)
 
     def clip_hash(self) -> str:
-        """Hash of the settings that change a clip's samples (not how shards are packed)."""
-        relevant = {k: v for k, v in self.to_dict().items() if k != "shards"}
+        """Hash of the settings that change a clip's samples (not how shards are packed or reviewed)."""
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ("shards", "review")}
         relevant["download"] = {"max_height": self.download.max_height}
         return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -14,6 +14,7 @@ from .config import Config
 from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
+from .review import ReviewGate, build_clips, fill_queue, load_gate
 from .shards import SHARD_DIR, atomic_write_bytes, pack_shards
 
 DEFAULT_OPTOUT = Path(__file__).resolve().parents[1] / "manifests" / "optout.txt"
@@ -77,12 +78,26 @@ def finish_build(plan: BuildPlan, done: dict[str, ClipStatus]) -> dict:
         if status.status == "ok":
             packed.append((ctx.clip_tar(clip.clip_id), status.split))
     rows.sort(key=lambda s: s.line or 0)
-    counts = pack_shards(ctx.out, packed, ctx.cfg.shards)
+    gate = prepare_review(plan, statuses)
+    counts = pack_shards(ctx.out, packed, ctx.cfg.shards, keep=gate)
+    if gate is not None:
+        gate.annotate(rows)
     lines = [json.dumps(_public_row(s), sort_keys=False) for s in rows]
     atomic_write_bytes(ctx.out / "clips.jsonl", ("\n".join(lines) + "\n" if lines else "").encode())
     summary = summarise(plan, rows, counts)
+    if gate is not None:
+        summary["review"] = gate.totals()
     atomic_write_bytes(ctx.out / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
+
+
+def prepare_review(plan: BuildPlan, statuses: dict[str, ClipStatus]) -> ReviewGate | None:
+    """Fill OUT's review queue from the ok clips (if the config says so); the gate its decisions make."""
+    ctx = plan.ctx
+    if ctx.cfg.review.queue_on_build:
+        clips = [(clip, statuses[clip.clip_id]) for clip in plan.manifest.clips]
+        fill_queue(ctx.out, build_clips(ctx.out, clips, ctx.mirror, ctx.base_dir), ctx.cfg.review)
+    return load_gate(ctx.out, ctx.cfg.review)
 
 
 def _public_row(s: ClipStatus) -> dict:
@@ -90,6 +105,8 @@ def _public_row(s: ClipStatus) -> dict:
     d = s.to_dict()
     head = {k: d.pop(k) for k in ("id", "status", "reason", "detail", "windows_written")}
     d.pop("cache_key", None)
+    if d.get("review") is None:
+        d.pop("review", None)
     return {**head, **d}
 
 
@@ -126,11 +143,18 @@ def format_summary(summary: dict) -> str:
     windows = ", ".join(f"{k}={v}" for k, v in summary["window_rejections"].items()) or "none"
     shards = ", ".join(f"{k}={v}" for k, v in summary["shards"].items()) or "none"
     s = summary
+    review = ""
+    if r := s.get("review"):
+        review = (
+            f"review: {r['queued']} windows queued, {r['accepted']} accepted, {r['rejected']} rejected, "
+            f"{r['unreviewed_excluded']} held back until reviewed\n"
+        )
     return (
         f"clips: {s['clips_ok']} ok, {s['clips_rejected']} rejected, {s['clips_failed']} failed "
         f"of {s['manifest_rows']} rows ({s['clips_processed']} processed, {s['clips_cached']} cached)\n"
         f"clip reasons: {reasons}\n"
         f"window rejections: {windows}\n"
         f"samples: {summary['samples']} in shards {shards}\n"
+        f"{review}"
         f"seconds: {summary['seconds']}"
     )

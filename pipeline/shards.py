@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from .config import ShardConfig
@@ -74,11 +74,17 @@ def clean_interrupted(out: Path) -> None:
             os.replace(old, final)
 
 
-def pack_shards(out: Path, clips: Iterable[tuple[Path, str]], cfg: ShardConfig) -> dict[str, dict[str, int]]:
+def pack_shards(
+    out: Path,
+    clips: Iterable[tuple[Path, str]],
+    cfg: ShardConfig,
+    keep: Callable[[str, dict], bool] | None = None,
+) -> dict[str, dict[str, int]]:
     """Pack per-clip tars into `out/shards/{split}-NNNNNN.tar` and swap the directory in atomically.
 
     `clips` is (clip tar, split) in manifest order. The sample json's `split` is set here, so a split
-    change needs no media work. Returns {split: {"samples": n, "shards": m}}.
+    change needs no media work. `keep(key, meta)` can leave samples out (review decisions).
+    Returns {split: {"samples": n, "shards": m}}.
     """
     import webdataset as wds
 
@@ -91,6 +97,8 @@ def pack_shards(out: Path, clips: Iterable[tuple[Path, str]], cfg: ShardConfig) 
         for tar_path, split in clips:
             for sample in read_clip_tar(tar_path):
                 meta = json.loads(sample["json"])
+                if keep is not None and not keep(sample["__key__"], meta):
+                    continue
                 meta["split"] = split
                 sample["json"] = json.dumps(meta, sort_keys=True).encode()
                 if split not in writers:  # ShardWriter opens a file at once: only for splits in use

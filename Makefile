@@ -11,11 +11,13 @@ MIRROR ?=
 CONFIG ?=
 WORKERS ?= 2
 PYTEST_ARGS ?=
+PORT ?= 8765
+HOST ?=
 
-SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng
-APT_PACKAGES := ffmpeg espeak-ng
+SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng chromium
+APT_PACKAGES := ffmpeg espeak-ng chromium
 
-.PHONY: shards test bench lint format setup system-deps clean
+.PHONY: shards test bench bench-review review publish curate lint format setup system-deps clean
 
 ## shards: build shards (the demo with no MANIFEST; else MANIFEST=… OUT=… [MIRROR=…] [CONFIG=…])
 shards: setup
@@ -33,6 +35,22 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
 
+## review: serve the review page for OUT on 127.0.0.1:PORT (HOST=… needs VOICEFACE_REVIEW_TOKEN)
+review: setup
+	$(BIN)/voiceface review $(OUT) --port $(PORT) $(if $(HOST),--host $(HOST)) $(if $(CONFIG),--config $(CONFIG))
+
+## publish: rewrite OUT's shards so that they honour the review (no media work)
+publish: setup
+	$(BIN)/voiceface publish $(OUT) $(if $(CONFIG),--config $(CONFIG))
+
+## curate: the Prefect flow: queue OUT, serve the page, wait until the batch is marked done, publish
+curate: setup
+	$(BIN)/voiceface curate $(OUT) --port $(PORT) $(if $(HOST),--host $(HOST)) $(if $(CONFIG),--config $(CONFIG))
+
+## bench-review: the review page's response times with 10,000 queued windows
+bench-review: setup
+	$(BIN)/python benchmarks/bench_review.py
+
 lint: setup
 	$(BIN)/ruff check pipeline flows tests benchmarks
 	$(BIN)/ruff format --check pipeline flows tests benchmarks
@@ -42,7 +60,8 @@ format: setup
 
 setup: system-deps $(STAMP)
 
-# ffmpeg (with ffprobe) and espeak-ng come from apt; as root directly, else through passwordless sudo.
+# ffmpeg (with ffprobe), espeak-ng and chromium (the review page's browser tests) come from apt; as root directly,
+# else through passwordless sudo.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \

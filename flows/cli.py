@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from flows import review_cli
+
 DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "demo.csv"
 
 
@@ -46,7 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--media", default="out/demo-media", help="where the generated demo videos go (the build's mirror)")
     _add_build_args(d)
 
+    review_cli.add_commands(sub)
+
     args = parser.parse_args(argv)
+    if args.command in review_cli.COMMANDS:
+        return review_cli.run(args)
     from flows.build import run_build
 
     if args.command == "demo":

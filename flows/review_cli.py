@@ -87,8 +87,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 2
         p = stats["progress"]
-        print(f"{stats['windows']} windows indexed; {p['queued']} queued, {p['reviewed']} reviewed, "
-              f"{p['remaining']} remaining; reasons: {json.dumps(stats['reasons'])}")  # fmt: skip
+        requested = f" ({stats['requested']} of them asked for)" if "requested" in stats else ""
+        auto = {k: v for k, v in stats["reasons"].items() if k != "requested"}
+        print(f"{stats['windows']} windows indexed; {p['queued']} queued{requested}, {p['reviewed']} reviewed, "
+              f"{p['remaining']} remaining; automatic reasons: {json.dumps(auto)}")  # fmt: skip
         return 0
     if args.command == "publish":
         from pipeline.build import format_summary

@@ -16,6 +16,13 @@
     document.cookie = "voiceface_reviewer=" + encodeURIComponent(reviewer()) + "; path=/; SameSite=Strict";
   };
   who.addEventListener("change", remember);
+  who.addEventListener("keydown", (e) => {
+    if (e.key === "Enter" || e.key === "Escape") {
+      remember();
+      who.blur(); // back to the cards: the keys work again
+      if (cur >= 0) cards[cur].focus({ preventScroll: true });
+    }
+  });
   remember();
 
   function toast(message, bad = false) {

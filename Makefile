@@ -12,16 +12,18 @@ CONFIG ?=
 WORKERS ?= 2
 PYTEST_ARGS ?=
 POOL_ARGS = --workers $(WORKERS) --runner $(RUNNER) $(if $(ADDRESS),--address $(ADDRESS))
+PORT ?= 8765
+HOST ?=
 
 SYSTEM_TOOLS := ffmpeg ffprobe espeak-ng chromium
 APT_PACKAGES := ffmpeg espeak-ng chromium
 
-PORT ?= 4200
+PREFECT_PORT ?= 4200
 CHANNELS ?= manifests/youtubers.csv
 RUNNER ?= thread
 ADDRESS ?=
 
-.PHONY: shards test bench bench-gpu serve lint format setup system-deps clean
+.PHONY: shards test bench bench-gpu bench-review serve review publish curate lint format setup system-deps clean
 
 ## shards: build shards (the demo with no MANIFEST; else MANIFEST=… OUT=… [MIRROR=…] [CONFIG=…])
 shards: setup
@@ -31,9 +33,9 @@ else
 	$(BIN)/voiceface build $(MANIFEST) --out $(OUT) $(POOL_ARGS) $(if $(MIRROR),--mirror $(MIRROR)) $(if $(CONFIG),--config $(CONFIG))
 endif
 
-## serve: a local Prefect server (UI on 127.0.0.1:$(PORT)) serving the scheduled deployments
+## serve: a local Prefect server (UI on 127.0.0.1:$(PREFECT_PORT)) serving the scheduled deployments
 serve: setup
-	$(BIN)/voiceface serve --start-server --port $(PORT) --channels $(CHANNELS) --workers $(WORKERS)
+	$(BIN)/voiceface serve --start-server --port $(PREFECT_PORT) --channels $(CHANNELS) --workers $(WORKERS)
 
 ## test: the whole suite, offline
 test: setup
@@ -48,6 +50,22 @@ bench: setup
 bench-gpu: setup
 	$(BIN)/python benchmarks/bench_vggface.py $(BENCH_ARGS)
 
+## review: serve the review page for OUT on 127.0.0.1:PORT (HOST=… needs VOICEFACE_REVIEW_TOKEN)
+review: setup
+	$(BIN)/voiceface review $(OUT) --port $(PORT) $(if $(HOST),--host $(HOST)) $(if $(CONFIG),--config $(CONFIG))
+
+## publish: rewrite OUT's shards so that they honour the review (no media work)
+publish: setup
+	$(BIN)/voiceface publish $(OUT) $(if $(CONFIG),--config $(CONFIG))
+
+## curate: the Prefect flow: queue OUT, serve the page, wait until the batch is marked done, publish
+curate: setup
+	$(BIN)/voiceface curate $(OUT) --port $(PORT) $(if $(HOST),--host $(HOST)) $(if $(CONFIG),--config $(CONFIG))
+
+## bench-review: the review page's response times with 10,000 queued windows
+bench-review: setup
+	$(BIN)/python benchmarks/bench_review.py
+
 lint: setup
 	$(BIN)/ruff check pipeline flows tests benchmarks
 	$(BIN)/ruff format --check pipeline flows tests benchmarks
@@ -57,8 +75,8 @@ format: setup
 
 setup: system-deps $(STAMP)
 
-# ffmpeg (with ffprobe), espeak-ng (demo speech) and chromium (browser tests, viewing reports) come from apt;
-# as root directly, else through passwordless sudo.
+# ffmpeg (with ffprobe), espeak-ng (demo speech) and chromium (browser tests, viewing reports and the review page)
+# come from apt; as root directly, else through passwordless sudo.
 system-deps:
 	@missing=""; for t in $(SYSTEM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	if [ -n "$$missing" ]; then \

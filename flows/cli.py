@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from flows import review_cli
+
 RUNNERS = ("thread", "dask")  # flows.build.RUNNERS, repeated so that --help does not import Prefect
 DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "demo.csv"
 
@@ -62,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--config", help="YAML config file (its vggface section is used)")
     v.add_argument("--weights", help="vgg_face_dag.pth (default: vggface.weights, else $VGGFACE_WEIGHTS)")
     v.add_argument("--force", action="store_true", help="recompute features that are already there")
-
+    review_cli.add_commands(sub)
     return parser
 
 
@@ -76,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "vggface":
         return _vggface(args)
+    if args.command in review_cli.COMMANDS:
+        return review_cli.run(args)
 
     if args.command == "demo":
         from pipeline.demo import make_demo_media

@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
 from .report import RunReport
+from .review import ReviewGate, build_clips, fill_queue, load_gate
 from .shards import SHARD_DIR, atomic_write_bytes, clean_interrupted, pack_shards
 
 DEFAULT_OPTOUT = Path(__file__).resolve().parents[1] / "manifests" / "optout.txt"
@@ -100,51 +101,85 @@ def output_paths(out: str | Path) -> str:
     )
 
 
-def _rows(plan: BuildPlan) -> Iterator[tuple[ClipStatus, Clip | None]]:
-    """Every manifest row's status in line order: rejected rows from the manifest, the rest from disk."""
+def _rows(plan: BuildPlan) -> Iterator[tuple[ClipStatus, bool]]:
+    """Every manifest row's status in line order, and whether a clip was run for it: rejected rows come from
+    the manifest, the rest from the clips' records on disk."""
     ctx = plan.ctx
     rejected = ((s.line or 0, i, s, None) for i, s in enumerate(plan.manifest.rejected))
     clips = ((c.line, -1, c.clip_id, c) for c in plan.manifest.clips)
     for _, _, item, clip in heapq.merge(rejected, clips, key=lambda t: (t[0], t[1])):
         if clip is None:
-            yield item, None
+            yield item, False
             continue
         status = read_status(ctx, clip.clip_id)
         if status is None:
             raise RuntimeError(f"clip {clip.clip_id} has no recorded status; the build did not run it")
         status.split = split_of(clip, ctx)  # a packing decision: it may change without media work
-        yield status, clip
+        yield status, True
 
 
 def finish_build(plan: BuildPlan) -> dict:
-    """Write clips.jsonl (one line per manifest row), pack the shards, write summary.json and report.html."""
+    """Fill the review queue, pack the shards (honouring review decisions), write clips.jsonl (one line per
+    manifest row), summary.json and report.html."""
     ctx = plan.ctx
+    gate = prepare_review(plan)
+    run = {"clips_new": plan.n_new, "clips_cached": plan.n_cached, "clips_redone": plan.n_redone}
+    run["clips_processed"] = len(plan.todo)
+    return write_outputs(ctx, lambda: _rows(plan), gate, run, plan.started)
+
+
+def prepare_review(plan: BuildPlan) -> ReviewGate | None:
+    """Fill OUT's review queue from the ok clips (if the config says so); the gate its decisions make."""
+    ctx = plan.ctx
+    if ctx.cfg.review.queue_on_build:
+        ok = [(c, s) for c in plan.manifest.clips if (s := read_status(ctx, c.clip_id)) and s.status == "ok"]
+        fill_queue(ctx.out, build_clips(ctx.out, ok, ctx.mirror, ctx.base_dir), ctx.cfg.review)
+    return load_gate(ctx.out, ctx.cfg.review)
+
+
+def write_outputs(
+    ctx: BuildContext,
+    rows: Callable[[], Iterable[tuple[ClipStatus, bool]]],
+    gate: ReviewGate | None,
+    run: dict,
+    started: float,
+) -> dict:
+    """Pack the ok clips of `rows()` (line-ordered statuses, read twice), then write clips.jsonl, summary.json
+    and report.html. Shared by the build and by publishing after review."""
     report = RunReport()
+    packed = [(ctx.clip_tar(s.id), s.split) for s, ran in rows() if ran and s.status == "ok"]
+    counts = _pack_unless_unchanged(ctx, packed, report, gate)
     by_status: Counter[str] = Counter()
     partial = ctx.out / "clips.jsonl.partial"
     with open(partial, "w") as f:
-        for status, _ in _rows(plan):
+        for status, ran in rows():
+            if gate is not None and ran:
+                gate.annotate([status])  # windows_written = what the shards hold after review
             f.write(json.dumps(_public_row(status)) + "\n")
             report.add_status(status)
             by_status[status.status] += 1
-    counts = _pack_unless_unchanged(plan, report)
     os.replace(partial, ctx.out / "clips.jsonl")
-    summary = summarise(plan, report, by_status, counts)
+    summary = summarise(ctx, report, by_status, counts, run, started)
+    if gate is not None:
+        summary["review"] = gate.totals()
     atomic_write_bytes(ctx.out / "summary.json", json.dumps(summary, indent=2).encode())
     atomic_write_bytes(ctx.out / "report.html", report.html(summary).encode())
     summary["report_markdown"] = report.markdown(summary)
     return summary
 
 
-def _pack_unless_unchanged(plan: BuildPlan, report: RunReport) -> dict:
-    """Pack the shards, unless the inputs of the last packing (the same clip tars, splits and shard settings)
-    are unchanged and its shards are still in place: then they already are what packing would write."""
-    ctx = plan.ctx
-    packed = [(ctx.clip_tar(s.id), s.split) for s, clip in _rows(plan) if clip is not None and s.status == "ok"]
+def _pack_unless_unchanged(
+    ctx: BuildContext, packed: list[tuple[Path, str]], report: RunReport, gate: ReviewGate | None
+) -> dict:
+    """Pack the shards, unless the inputs of the last packing (the same clip tars, splits, shard settings and
+    review decisions) are unchanged and its shards are still in place: then they already are what packing
+    would write. What packing observed (report data, review outcomes) is kept with the record."""
     digest = hashlib.sha1(repr((PIPELINE_VERSION, dataclasses.asdict(ctx.cfg.shards))).encode())
     for tar, split in packed:
         st = tar.stat()
         digest.update(f"{tar.name}|{split}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    if gate is not None:
+        digest.update(gate.fingerprint().encode())
     record = ctx.work / "pack.json"
     if record.exists():
         last = json.loads(record.read_text())
@@ -153,9 +188,13 @@ def _pack_unless_unchanged(plan: BuildPlan, report: RunReport) -> dict:
         if last["fingerprint"] == digest.hexdigest() and present == expected:
             clean_interrupted(ctx.out)
             report.restore_sample_state(last["report"])
+            if gate is not None:
+                gate.outcomes = {k: Counter(v) for k, v in last["review_outcomes"].items()}
             return last["counts"]
-    counts = pack_shards(ctx.out, packed, ctx.cfg.shards, observe=lambda meta, s: report.add_sample(meta, s["jpg"]))
+    observe = lambda meta, sample: report.add_sample(meta, sample["jpg"])  # noqa: E731
+    counts = pack_shards(ctx.out, packed, ctx.cfg.shards, keep=gate, observe=observe)
     state = {"fingerprint": digest.hexdigest(), "counts": counts, "report": report.sample_state()}
+    state["review_outcomes"] = gate.outcomes if gate is not None else {}
     atomic_write_bytes(record, json.dumps(state).encode())
     return counts
 
@@ -165,20 +204,21 @@ def _public_row(s: ClipStatus) -> dict:
     d = s.to_dict()
     head = {k: d.pop(k) for k in ("id", "status", "reason", "detail", "windows_written")}
     d.pop("cache_key", None)
+    if d.get("review") is None:
+        d.pop("review", None)
     return {**head, **d}
 
 
-def summarise(plan: BuildPlan, report: RunReport, by_status: Counter, counts: dict) -> dict:
+def summarise(
+    ctx: BuildContext, report: RunReport, by_status: Counter, counts: dict, run: dict, started: float
+) -> dict:
     identities_per_split = Counter(v[0] for v in report.identities.values() if v[2] > 0)
     return {
         "manifest_rows": sum(by_status.values()),
         "clips_ok": by_status.get("ok", 0),
         "clips_rejected": by_status.get("rejected", 0),
         "clips_failed": by_status.get("failed", 0),
-        "clips_new": plan.n_new,
-        "clips_cached": plan.n_cached,
-        "clips_redone": plan.n_redone,
-        "clips_processed": len(plan.todo),
+        **run,
         "reasons": dict(report.reasons.most_common()),
         "window_rejections": dict(report.window_reasons.most_common()),
         "funnel": dict(report.funnel_rows()),
@@ -186,8 +226,8 @@ def summarise(plan: BuildPlan, report: RunReport, by_status: Counter, counts: di
         "shards": {split: c["shards"] for split, c in sorted(counts.items())},
         "samples_per_split": {split: c["samples"] for split, c in sorted(counts.items())},
         "identities_per_split": dict(sorted(identities_per_split.items())),
-        "seconds": round(time.time() - plan.started, 2),
-        "shard_dir": str(plan.ctx.out / SHARD_DIR),
+        "seconds": round(time.time() - started, 2),
+        "shard_dir": str(ctx.out / SHARD_DIR),
     }
 
 
@@ -196,11 +236,21 @@ def format_summary(summary: dict) -> str:
     windows = ", ".join(f"{k}={v}" for k, v in summary["window_rejections"].items()) or "none"
     shards = ", ".join(f"{k}={v}" for k, v in summary["shards"].items()) or "none"
     s = summary
+    review = ""
+    if r := s.get("review"):
+        review = (
+            f"review: {r['queued']} windows queued, {r['accepted']} accepted, {r['rejected']} rejected, "
+            f"{r['unreviewed_excluded']} held back until reviewed\n"
+        )
+    runs = (
+        f" ({s['clips_new']} new, {s['clips_cached']} cached, {s['clips_redone']} redone)" if "clips_new" in s else ""
+    )
     return (
         f"clips: {s['clips_ok']} ok, {s['clips_rejected']} rejected, {s['clips_failed']} failed "
-        f"of {s['manifest_rows']} rows ({s['clips_new']} new, {s['clips_cached']} cached, {s['clips_redone']} redone)\n"
+        f"of {s['manifest_rows']} rows{runs}\n"
         f"clip reasons: {reasons}\n"
         f"window rejections: {windows}\n"
         f"samples: {summary['samples']} in shards {shards}\n"
+        f"{review}"
         f"seconds: {summary['seconds']}"
     )

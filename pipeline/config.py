@@ -97,12 +97,29 @@ class VGGFaceConfig:
 
 
 @dataclass(frozen=True)
+class ReviewConfig:
+    """The curation queue: which kept windows wait for a person, and what shards do until they decide."""
+
+    queue_on_build: bool = True  # a build fills the queue (OUT/review/review.db) with the windows flagged below
+    include_unreviewed: bool = False  # queued windows nobody has accepted yet are left out of the shards
+    # the bands below are deliberately narrow: only windows a person should really look at are held back
+    min_det_score: float = 0.2  # dlib HOG score; detections this weak are often not a face (low_face_score)
+    min_face_px: int = 80  # narrower faces pass faces.min_face_px but are upscaled ~3x to the crop (small_face)
+    min_sharpness: float = 20.0  # variance of the Laplacian of the grey crop's centre; below: blurry
+    min_speech_ratio: float = 0.6  # the build keeps >= speech.min_speech_ratio; the band up to this is borderline
+    max_identity_distance: float = 0.6  # dlib distance to the identity's medoid (dlib's same-person tolerance)
+    min_identity_windows: int = 5  # identities with fewer embedded windows get no outlier check
+    page_size: int = 50  # cards per page
+
+
+@dataclass(frozen=True)
 class Config:
     download: DownloadConfig = field(default_factory=DownloadConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     faces: FaceConfig = field(default_factory=FaceConfig)
     shards: ShardConfig = field(default_factory=ShardConfig)
     vggface: VGGFaceConfig = field(default_factory=VGGFaceConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -127,11 +144,11 @@ class Config:
         return cls(**kwargs)
 
     def clip_hash(self) -> str:
-        """Hash of the settings that change a clip's samples (not how shards are packed).
+        """Hash of the settings that change a clip's samples (not how shards are packed or reviewed).
 
         VGG-Face settings are left out: its features are added to finished clip tars by a pass that checks each
         sample's own record of them, so turning the stage on or changing it never redoes a clip's media work."""
-        relevant = {k: v for k, v in self.to_dict().items() if k not in ("shards", "vggface")}
+        relevant = {k: v for k, v in self.to_dict().items() if k not in ("shards", "vggface", "review")}
         relevant["download"] = {"max_height": self.download.max_height}
         return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -33,6 +33,9 @@ class Reason(StrEnum):
     FRAME_MISSING = "frame_missing"  # the video ended before the window's centre
     # a bug: caught once, in the clip runner, so one clip never stops a run
     INTERNAL_ERROR = "internal_error"
+    # review (an ok clip none of whose windows is in the shards after review)
+    REVIEW_REJECTED = "review_rejected"  # reviewers rejected them
+    REVIEW_PENDING = "review_pending"  # they wait in the queue (review.include_unreviewed is off)
 
 
 # Failures that may pass on a later attempt: retried with backoff, and redone on re-run.
@@ -56,3 +59,14 @@ class ClipError(Exception):
         self.detail = detail
         self.status = status
         self.extra = extra  # more ClipStatus fields (e.g. windows_total) known when the clip stopped
+
+
+class QueueReason(StrEnum):
+    """Why a kept window waits in the review queue for a person to accept or reject it."""
+
+    LOW_FACE_SCORE = "low_face_score"
+    SMALL_FACE = "small_face"
+    BLURRY = "blurry"
+    LOW_SPEECH_RATIO = "low_speech_ratio"
+    IDENTITY_OUTLIER = "identity_outlier"  # far from the identity's medoid embedding: maybe someone else
+    REQUESTED = "requested"  # a reviewer queued its clip or identity

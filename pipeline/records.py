@@ -61,6 +61,7 @@ class ClipStatus:
     speaker_choice: str | None = None  # "hint" or "largest" when several faces were seen
     cache_key: str | None = None  # clip config hash + pipeline version that produced it
     seconds: float = 0.0
+    review: dict[str, int] | None = None  # an ok clip's windows by review outcome, when OUT has a review queue
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

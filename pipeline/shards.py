@@ -78,12 +78,14 @@ def pack_shards(
     out: Path,
     clips: Iterable[tuple[Path, str]],
     cfg: ShardConfig,
+    keep: Callable[[str, dict], bool] | None = None,
     observe: Callable[[dict, dict], None] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Pack per-clip tars into `out/shards/{split}-NNNNNN.tar` and swap the directory in atomically.
 
     `clips` is (clip tar, split) in manifest order. The sample json's `split` is set here, so a split
-    change needs no media work. `observe(meta, sample)` sees every sample written (for the report).
+    change needs no media work. `keep(key, meta)` can leave samples out (review decisions);
+    `observe(meta, sample)` sees every sample written (for the report).
     Returns {split: {"samples": n, "shards": m}}.
     """
     import webdataset as wds
@@ -97,6 +99,8 @@ def pack_shards(
         for tar_path, split in clips:
             for sample in read_clip_tar(tar_path):
                 meta = json.loads(sample["json"])
+                if keep is not None and not keep(sample["__key__"], meta):
+                    continue
                 meta["split"] = split
                 sample["json"] = json.dumps(meta, sort_keys=True).encode()
                 if split not in writers:  # ShardWriter opens a file at once: only for splits in use

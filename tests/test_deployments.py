@@ -74,8 +74,11 @@ def test_served_deployments_have_schedules_and_a_triggered_run_completes(media, 
             refresh = deployments["refresh-channels/nightly-refresh"]
             assert [s.schedule.cron for s in refresh.schedules] == ["0 3 * * *"]
             assert deployments["build-shards/build"].schedules == []
-            run = run_deployment("refresh-channels/nightly-refresh", parameters={"per_channel": 2, "segment_s": 3},
-                                 timeout=300)  # fmt: skip
+            # the feed's two videos show two different people: keep the identity-outlier review out of this test
+            config = tmp_path / "no-review.yaml"
+            config.write_text("review:\n  queue_on_build: false\n")
+            params = {"per_channel": 2, "segment_s": 3, "config": str(config)}
+            run = run_deployment("refresh-channels/nightly-refresh", parameters=params, timeout=300)
             assert run.state.is_completed(), run.state
         rows = [json.loads(line) for line in (out / "clips.jsonl").read_text().splitlines()]
         assert [r["status"] for r in rows] == ["ok", "ok"]

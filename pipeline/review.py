@@ -1,0 +1,387 @@
+"""The curation queue: which kept windows a person should look at, and how their decisions gate the shards.
+
+A build indexes every window of its ok clips in OUT/review/review.db (offsets in the clip tar, metrics, the
+dlib embedding) and queues those the checks below find borderline; a reviewer can also queue whole clips or
+identities. Packing then keeps a window unless it was rejected, or it is queued, undecided and
+`review.include_unreviewed` is off. Nothing here redoes media work: everything is read from the clip tars.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import ReviewConfig
+from .reasons import QueueReason, Reason
+from .records import Clip, ClipStatus
+from .reviewdb import ClipRow, ItemRow, ReviewDB, now
+
+REVIEW_DIR = "review"
+META_FIELDS = ("window_start", "window_end", "frame_time", "bbox", "source", "speaker_choice", "faces_seen")
+
+
+def db_path(out: Path) -> Path:
+    return Path(out) / REVIEW_DIR / "review.db"
+
+
+def open_db(out: Path) -> ReviewDB:
+    return ReviewDB(db_path(out))
+
+
+@dataclass(frozen=True)
+class QueueClip:
+    """An ok clip as the queue sees it: where its tar is and, if still on disk, its source video."""
+
+    clip_id: str
+    identity: str
+    split: str | None
+    tar: Path
+    source: str | None = None
+    source_path: Path | None = None
+
+
+# --- checks: pure functions of a window's metrics -----------------------------------------------------------
+
+Check = Callable[[dict, ReviewConfig], bool]
+# Later stages add their own: (reason, is the window borderline?). A missing metric never flags a window.
+CHECKS: list[tuple[QueueReason, Check]] = [
+    (QueueReason.LOW_FACE_SCORE, lambda m, c: m.get("det_score", np.inf) < c.min_det_score),
+    (QueueReason.SMALL_FACE, lambda m, c: m.get("face_px", np.inf) < c.min_face_px),
+    (QueueReason.BLURRY, lambda m, c: m.get("sharpness", np.inf) < c.min_sharpness),
+    (QueueReason.LOW_SPEECH_RATIO, lambda m, c: m.get("speech_ratio", np.inf) < c.min_speech_ratio),
+    (QueueReason.IDENTITY_OUTLIER, lambda m, c: m.get("identity_distance", -np.inf) > c.max_identity_distance),
+]
+
+
+def queue_reasons(metrics: dict, cfg: ReviewConfig) -> list[str]:
+    """The reasons a window with these metrics is queued (empty: it goes straight into the shards)."""
+    return [str(reason) for reason, check in CHECKS if check(metrics, cfg)]
+
+
+def describe(reason: str, metrics: dict, cfg: ReviewConfig) -> str:
+    """One line a reviewer reads: the reason with the measure and the threshold that flagged it."""
+    try:
+        return _describe(reason, metrics, cfg)
+    except (KeyError, TypeError, ValueError):  # a reason whose measure is not in the metrics
+        return reason
+
+
+def _describe(reason: str, m: dict, cfg: ReviewConfig) -> str:
+    match reason:
+        case QueueReason.LOW_FACE_SCORE:
+            return f"face score {m['det_score']:.2f} < {cfg.min_det_score}"
+        case QueueReason.SMALL_FACE:
+            return f"face {m['face_px']} px < {cfg.min_face_px}"
+        case QueueReason.BLURRY:
+            return f"sharpness {m['sharpness']:.1f} < {cfg.min_sharpness}"
+        case QueueReason.LOW_SPEECH_RATIO:
+            return f"speech {m['speech_ratio']:.0%} < {cfg.min_speech_ratio:.0%}"
+        case QueueReason.IDENTITY_OUTLIER:
+            return f"{m['identity_distance']:.2f} from identity medoid > {cfg.max_identity_distance}"
+        case QueueReason.REQUESTED:
+            return "queued by a reviewer"
+    return reason
+
+
+def sharpness(jpg: bytes) -> float:
+    """Variance of the Laplacian of the grey crop's central half (the face, not the padding around it)."""
+    from PIL import Image
+
+    g = np.asarray(Image.open(io.BytesIO(jpg)).convert("L"), dtype=np.float32)
+    h, w = g.shape
+    c = g[h // 4 : h - h // 4, w // 4 : w - w // 4]
+    lap = c[1:-1, 2:] + c[1:-1, :-2] + c[2:, 1:-1] + c[:-2, 1:-1] - 4 * c[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def medoid_distances(vectors: np.ndarray, max_ref: int = 400) -> np.ndarray:
+    """Each vector's distance to the medoid; the medoid is sought among at most `max_ref` evenly spaced ones.
+
+    A medoid rather than the mean: when a wrong face makes up a third of an identity, the mean lies between
+    the two faces and flags neither; the medoid stays on the majority's face.
+    """
+    ref = vectors[np.linspace(0, len(vectors) - 1, min(len(vectors), max_ref)).round().astype(int)]
+    sq = (ref**2).sum(1)
+    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * ref @ ref.T, 0))
+    medoid = ref[d.sum(1).argmin()]
+    return np.linalg.norm(vectors - medoid, axis=1)
+
+
+# --- scanning clip tars ----------------------------------------------------------------------------------------
+
+
+def scan_clip(clip: QueueClip) -> tuple[list[ItemRow], dict[str, bytes]]:
+    """Index a clip tar: each window's member offsets, metrics and embedding (read, never re-encoded)."""
+    members: dict[str, dict[str, list[int]]] = {}
+    data: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(clip.tar, "r") as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            key, _, ext = m.name.partition(".")
+            members.setdefault(key, {})[ext] = [m.offset_data, m.size]
+            if ext in ("json", "jpg", "dlib.npy"):
+                data.setdefault(key, {})[ext] = tar.extractfile(m).read()  # type: ignore[union-attr]
+    items, vecs = [], {}
+    for key, mem in members.items():
+        d = data.get(key, {})
+        if "json" not in d:
+            continue
+        meta = json.loads(d["json"])
+        metrics = {k: meta[k] for k in ("det_score", "face_px", "speech_ratio", "rms_dbfs") if k in meta}
+        if "jpg" in d:
+            metrics["sharpness"] = round(sharpness(d["jpg"]), 2)
+        if "dlib.npy" in d:
+            vecs[key] = np.load(io.BytesIO(d["dlib.npy"])).astype(np.float32).tobytes()
+        items.append(
+            ItemRow(
+                key=key,
+                clip_id=clip.clip_id,
+                identity=clip.identity,
+                window_index=int(meta.get("window_index", 0)),
+                metrics=metrics,
+                meta={k: meta[k] for k in META_FIELDS if k in meta},
+                members=mem,
+            )
+        )
+    return items, vecs
+
+
+def fill_queue(out: Path, clips: list[QueueClip], cfg: ReviewConfig) -> dict:
+    """Index the ok clips (rescanning only tars that changed) and queue the borderline windows.
+
+    `clips` is every ok clip of the build, in manifest order; clips no longer in it leave the index (their
+    decisions stay in the history). Windows a reviewer queued or decided stay queued. Returns counts.
+    """
+    out = Path(out)
+    db = open_db(out)
+    known = db.clips()
+    keep, rescanned, touched = [], [], set()
+    for seq, c in enumerate(clips):
+        st = c.tar.stat()
+        row = ClipRow(
+            clip_id=c.clip_id,
+            seq=seq,
+            identity=c.identity,
+            split=c.split,
+            source=c.source,
+            source_path=str(c.source_path.resolve()) if c.source_path else None,
+            tar=os.path.relpath(c.tar.resolve(), out.resolve()),
+            tar_size=st.st_size,
+            tar_mtime_ns=st.st_mtime_ns,
+        )
+        old = known.get(c.clip_id)
+        if old is not None and (old.tar_size, old.tar_mtime_ns) == (row.tar_size, row.tar_mtime_ns):
+            keep.append(row)
+            if old.identity != row.identity:
+                touched |= {old.identity, row.identity}
+        else:
+            items, vecs = scan_clip(c)
+            rescanned.append((row, items, vecs))
+            touched.add(row.identity)
+            if old is not None:
+                touched.add(old.identity)
+    current = {c.clip_id for c in clips}
+    removed = [k for k in known if k not in current]
+    touched |= {known[k].identity for k in removed}
+    db.sync_clips(keep, rescanned, removed)
+
+    distances: dict[str, float | None] = {}
+    for identity in touched:
+        rows = db.embeddings_of(identity)
+        if len(rows) >= cfg.min_identity_windows:
+            d = medoid_distances(np.stack([np.frombuffer(v, dtype=np.float32) for _, v in rows]))
+            distances.update({k: round(float(x), 4) for (k, _), x in zip(rows, d, strict=True)})
+        else:
+            distances.update({k: None for k, _ in rows})
+
+    updates, counts = [], Counter()
+    for r in db.scan_items():
+        metrics = json.loads(r["metrics"])
+        if r["key"] in distances:
+            if distances[r["key"]] is None:
+                metrics.pop("identity_distance", None)
+            else:
+                metrics["identity_distance"] = distances[r["key"]]
+        reasons = queue_reasons(metrics, cfg) + ([str(QueueReason.REQUESTED)] if r["requested"] else [])
+        queued = int(bool(reasons) or bool(r["decided"]))
+        counts.update(reasons)
+        counts["queued"] += queued
+        counts["windows"] += 1
+        new = (json.dumps(metrics), json.dumps(reasons), queued)
+        if new != (r["metrics"], r["reasons"], r["queued"]):
+            updates.append((*new, r["key"]))
+    db.update_items(updates)
+    db.set_meta("filled_at", now())
+    return {"windows": counts.pop("windows", 0), "queued": counts.pop("queued", 0), "reasons": dict(counts)}
+
+
+def build_clips(out: Path, clips: list[tuple[Clip, ClipStatus]], mirror: Path | None, base_dir: Path | None):
+    """QueueClips for a build's ok clips, with their source file when it is a local file or in the mirror."""
+    from .sources import find_in_mirror, local_path
+
+    result = []
+    for clip, status in clips:
+        if status.status != "ok":
+            continue
+        src = (find_in_mirror(clip, mirror) if mirror else None) or local_path(clip.source, base_dir)
+        tar = Path(out) / ".work" / "clips" / f"{clip.clip_id}.tar"
+        result.append(QueueClip(clip.clip_id, clip.identity, status.split, tar, clip.source, src))
+    return result
+
+
+def clips_in_out(out: Path, mirror: Path | None = None) -> tuple[list[ClipStatus], list[QueueClip]]:
+    """clips.jsonl's rows, and the ok clips of OUT (from .work/clips, in clips.jsonl order), without the manifest.
+
+    A row's clip is ok when its finished status in .work/clips says so and its tar is there, whatever
+    clips.jsonl says (an earlier review may have emptied it). Sources come from the last fill, the mirror, or
+    an absolute path in the samples.
+    """
+    from .sources import find_in_mirror, local_path
+
+    out = Path(out)
+    jsonl = out / "clips.jsonl"
+    if not jsonl.exists():
+        raise FileNotFoundError(f"{jsonl} not found: build OUT first (voiceface build / make shards)")
+    known = open_db(out).clips() if db_path(out).exists() else {}
+    rows, clips = [], []
+    reviewed = (str(Reason.REVIEW_REJECTED), str(Reason.REVIEW_PENDING))
+    for line in jsonl.read_text().splitlines():
+        row = ClipStatus.from_dict(json.loads(line))
+        work = out / ".work" / "clips" / f"{row.id}.json"
+        tar = work.with_suffix(".tar")
+        # only rows whose clip was run (not bad rows, duplicates, opt-outs) take the clip's own status
+        if row.status == "ok" or row.reason in reviewed:
+            done = ClipStatus.from_dict(json.loads(work.read_text())) if work.exists() else None
+            if not (done and done.status == "ok" and tar.exists()):
+                raise FileNotFoundError(f"{tar} is missing: re-run the build to make clip {row.id} again")
+            done.split, done.line = row.split, row.line
+            row = done
+            old = known.get(row.id)
+            source = old.source if old else _sample_source(tar)
+            src = Path(old.source_path) if old and old.source_path and Path(old.source_path).is_file() else None
+            if src is None and source:
+                clip = Clip(row.id, source, row.identity or row.id, row.line or 0)
+                src = (find_in_mirror(clip, mirror) if mirror else None) or local_path(source, None)
+            clips.append(QueueClip(row.id, row.identity or row.id, row.split, tar, source, src))
+        rows.append(row)
+    return rows, clips
+
+
+def _sample_source(tar: Path) -> str | None:
+    with tarfile.open(tar, "r") as t:
+        for m in t:
+            if m.name.endswith(".json"):
+                return json.loads(t.extractfile(m).read()).get("source")  # type: ignore[union-attr]
+    return None
+
+
+# --- the gate packing applies ------------------------------------------------------------------------------
+
+
+@dataclass
+class ReviewGate:
+    """`keep(key, meta)` for pack_shards: drops rejected windows, and queued undecided ones unless included.
+
+    It counts each clip's windows by outcome as packing goes, for clips.jsonl and the report.
+    """
+
+    accepted: set[str]
+    rejected: set[str]
+    queued: set[str]
+    include_unreviewed: bool = False
+    outcomes: dict[str, Counter] = field(default_factory=dict)
+
+    def __call__(self, key: str, meta: dict) -> bool:
+        if key in self.rejected:
+            outcome, keep = "rejected", False
+        elif key in self.accepted:
+            outcome, keep = "accepted", True
+        elif key in self.queued:
+            keep = self.include_unreviewed
+            outcome = "unreviewed_included" if keep else "unreviewed_excluded"
+        else:
+            outcome, keep = "not_queued", True
+        self.outcomes.setdefault(meta["clip_id"], Counter())[outcome] += 1
+        return keep
+
+    def annotate(self, rows: list[ClipStatus]) -> None:
+        """Set each packed clip's windows_written to what the shards hold and its review counts.
+
+        An ok clip none of whose windows is left becomes rejected (review_rejected / review_pending), so
+        that `ok` keeps meaning "has samples in the shards".
+        """
+        for row in rows:
+            if row.status != "ok" or row.id not in self.outcomes:
+                continue
+            c = self.outcomes[row.id]
+            row.review = {k: c[k] for k in ("accepted", "rejected", "unreviewed_excluded", "unreviewed_included")}
+            kept = c["accepted"] + c["unreviewed_included"] + c["not_queued"]
+            if kept != row.windows_written:
+                row.detail += f"; {kept} in the shards after review"
+            row.windows_written = kept
+            if row.windows_written == 0:
+                row.status = "rejected"
+                pending = c["unreviewed_excluded"] > c["rejected"]
+                row.reason = str(Reason.REVIEW_PENDING if pending else Reason.REVIEW_REJECTED)
+                row.detail = f"no window left after review: {row.review}"
+
+    def fingerprint(self) -> str:
+        """A digest of the decisions packing applies: equal fingerprints pack the same samples."""
+        digest = hashlib.sha1(f"{self.include_unreviewed}".encode())
+        for name in ("accepted", "rejected", "queued"):
+            digest.update(name.encode() + b"\0" + "\0".join(sorted(getattr(self, name))).encode())
+        return digest.hexdigest()
+
+    def totals(self) -> dict:
+        total: Counter = Counter()
+        for c in self.outcomes.values():
+            total.update(c)
+        return {
+            "queued": len(self.queued),
+            "accepted": total["accepted"],
+            "rejected": total["rejected"],
+            "unreviewed_excluded": total["unreviewed_excluded"],
+            "unreviewed_included": total["unreviewed_included"],
+            "not_queued": total["not_queued"],
+        }
+
+
+def load_gate(out: Path, cfg: ReviewConfig) -> ReviewGate | None:
+    """The gate from OUT's review database; None when OUT has none (shards are packed as they are)."""
+    if not db_path(out).exists():
+        return None
+    accepted, rejected, queued = open_db(out).outcome_sets()
+    return ReviewGate(accepted, rejected, queued, cfg.include_unreviewed)
+
+
+def queue_out(
+    out: Path,
+    cfg: ReviewConfig,
+    clips: list[str] | None = None,
+    identities: list[str] | None = None,
+    reviewer: str = "anonymous",
+    mirror: Path | None = None,
+) -> dict:
+    """Fill OUT's queue from its build (no manifest needed), then queue every window of the given clips and
+    identities. Unknown ones raise ValueError. Returns the fill's counts and the queue's progress."""
+    _, ok = clips_in_out(Path(out), mirror)
+    unknown = [c for c in clips or [] if c not in {q.clip_id for q in ok}]
+    unknown += [i for i in identities or [] if i not in {q.identity for q in ok}]
+    if unknown:
+        raise ValueError(f"no ok clip or identity in {out} named {', '.join(map(repr, unknown))}")
+    stats = fill_queue(Path(out), ok, cfg)
+    db = open_db(Path(out))
+    if clips or identities:
+        stats["requested"] = len(db.request(reviewer, clips or [], identities or []))
+    stats["progress"] = db.progress()
+    return stats

@@ -1,8 +1,9 @@
 """Orchestration figures (`make bench`): peak RSS of a build of 500 tiny clips vs 50 (target ratio <= 1.2),
 the speed-up of re-running a finished build (target >= 10x), and Dask (2-worker LocalCluster) vs thread wall time.
 
-Each build runs in a fresh Python process that reports its own peak RSS (ru_maxrss of the flow process; the
-temporary Prefect server and the Dask workers are other processes). The clips are copies of one generated
+Each build is `voiceface build` in a fresh Python process that reports its own peak RSS (ru_maxrss of the flow
+process; the temporary Prefect server and the Dask workers are other processes). A re-run with nothing to do
+takes the command's fast path (no Prefect server, no repacking). The clips are copies of one generated
 2 s talking head listed under different ids, so every clip does full media work.
 """
 
@@ -16,12 +17,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out" / "bench" / "orchestration"
+# `voiceface build` in a fresh process, as a user runs it; it reports its own peak RSS
 RUNNER = """
 import json, resource, sys, time
-from flows.build import run_build
+from flows.cli import main
 if __name__ == "__main__":
     t = time.perf_counter()
-    s = run_build(sys.argv[1], sys.argv[2], workers=2, runner=sys.argv[3])
+    main(["build", sys.argv[1], "--out", sys.argv[2], "--workers", "2", "--runner", sys.argv[3]])
+    s = json.load(open(sys.argv[2] + "/summary.json"))
     print("RESULT " + json.dumps({"seconds": time.perf_counter() - t, "samples": s["samples"],
           "new": s["clips_new"], "cached": s["clips_cached"],
           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

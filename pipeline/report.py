@@ -21,6 +21,13 @@ SOURCE_REASONS = {
 }  # fmt: skip
 DECODE_REASONS = {Reason.CORRUPT_MEDIA, Reason.NO_AUDIO, Reason.NO_VIDEO, Reason.SEGMENT_OUT_OF_RANGE}
 FACE_WINDOW_REASONS = {Reason.NO_FACE, Reason.FACE_TOO_SMALL, Reason.SPEAKER_NOT_FOUND, Reason.FRAME_MISSING}
+# the window funnel after the speech windows: each stage, and the window rejections that end there
+WINDOW_STAGES = [
+    ("clean audio", {Reason.CLIPPING, Reason.LOW_SNR}),
+    ("faces", FACE_WINDOW_REASONS),
+    ("good faces", {Reason.LOW_FACE_SCORE, Reason.BLURRY, Reason.BAD_POSE, Reason.FACE_OUT_OF_FRAME}),
+    ("same identity", {Reason.IDENTITY_MISMATCH}),
+]
 SPEECH_BINS = 10  # speech ratio histogram over [0, 1]
 FACE_BIN_PX = 32  # face width histogram bin
 THUMB_PX = 64
@@ -61,11 +68,12 @@ class RunReport:
             return
         self.funnel["decoded"] += 1
         self.window_reasons.update(s.window_rejections)
-        speech = s.windows_total - s.window_rejections.get(Reason.NO_SPEECH, 0)
-        faces = speech - sum(s.window_rejections.get(r, 0) for r in FACE_WINDOW_REASONS)
+        left = s.windows_total - s.window_rejections.get(Reason.NO_SPEECH, 0)
         self.funnel["windows"] += s.windows_total
-        self.funnel["speech windows"] += speech
-        self.funnel["faces"] += faces
+        self.funnel["speech windows"] += left
+        for stage, reasons in WINDOW_STAGES:
+            left -= sum(s.window_rejections.get(r, 0) for r in reasons)
+            self.funnel[stage] += left
         self.funnel["written"] += s.windows_written
         if s.status == "ok" and s.identity is not None:
             row = self.identities.setdefault(s.identity, [s.split, 0, 0, 0.0])
@@ -104,7 +112,8 @@ class RunReport:
         self.thumbs = {i: [base64.b64decode(t) for t in ts] for i, ts in state["thumbs"].items()}
 
     def funnel_rows(self) -> list[tuple[str, int]]:
-        stages = ["manifest rows", "clips", "resolved", "decoded", "windows", "speech windows", "faces", "written"]
+        stages = ["manifest rows", "clips", "resolved", "decoded", "windows", "speech windows"]
+        stages += [stage for stage, _ in WINDOW_STAGES] + ["written"]
         return [(stage, self.funnel[stage]) for stage in stages]
 
     def markdown(self, summary: dict) -> str:

@@ -36,7 +36,7 @@ def head_pose(landmarks5) -> tuple[float, float, float]:
 
     The eye line gives the roll; after undoing it, the nose's offset from the eyes' midpoint, over the
     distance between the eye centres, is read through a rigid head model (NOSE_DEPTH, NOSE_DROP):
-    sideways it is NOSE_DEPTH * tan(yaw), downwards NOSE_DROP * cos(pitch) - NOSE_DEPTH * sin(pitch).
+    sideways it is NOSE_DEPTH * tan(yaw), downwards (NOSE_DROP * cos(pitch) - NOSE_DEPTH * sin(pitch)) / cos(yaw).
     A rough estimate (about ±10°), enough to drop profiles and faces looking far up or down.
     """
     p = np.asarray(landmarks5, dtype=np.float64)
@@ -49,6 +49,7 @@ def head_pose(landmarks5) -> tuple[float, float, float]:
     d = p[4] - (left + right) / 2
     dx, dy = (c * d[0] - s * d[1]) / iod, (s * d[0] + c * d[1]) / iod
     yaw = math.degrees(math.atan(dx / NOSE_DEPTH))
+    dy *= math.cos(math.radians(yaw))  # the eyes look closer together by cos(yaw); the drop does not shrink
     r = math.hypot(NOSE_DROP, NOSE_DEPTH)
     pitch = math.degrees(math.acos(max(-1.0, min(1.0, dy / r))) - math.atan2(NOSE_DEPTH, NOSE_DROP))
     return round(yaw, 1), round(pitch, 1), round(math.degrees(roll), 1)

@@ -191,6 +191,7 @@ def _pack_unless_unchanged(
     if gate is not None:
         digest.update(gate.fingerprint().encode())
     cae = CaeIndex() if ctx.cfg.extras.cae_index or (ctx.out / CAE_INDEX_FILE).exists() else None
+    digest.update(f"leakage {ctx.cfg.filters.leakage_distance}\n".encode())
     if labels is not None or cae is not None:
         digest.update(json.dumps([labels, cae is not None], sort_keys=True).encode())
     record = ctx.work / "pack.json"
@@ -204,12 +205,17 @@ def _pack_unless_unchanged(
             if gate is not None:
                 gate.outcomes = {k: Counter(v) for k, v in last["review_outcomes"].items()}
             return last["counts"]
-    observe = lambda meta, sample: report.add_sample(meta, sample["jpg"])  # noqa: E731
+
+    def observe(meta: dict, sample: dict) -> None:
+        report.add_sample(meta, sample["jpg"])
+        report.add_embedding(meta, sample.get("dlib.npy"))
+
     annotate = (lambda meta: meta.__setitem__("identity_label", labels[meta["identity"]])) if labels else None
     placed = cae.add if cae is not None else None
     counts = pack_shards(ctx.out, packed, ctx.cfg.shards, keep=gate, observe=observe, annotate=annotate, placed=placed)
     if cae is not None:
         cae.write(ctx.out)
+    report.check_leakage(ctx.cfg.filters.leakage_distance)
     state = {"fingerprint": digest.hexdigest(), "counts": counts, "report": report.sample_state()}
     state["review_outcomes"] = gate.outcomes if gate is not None else {}
     atomic_write_bytes(record, json.dumps(state).encode())
@@ -245,6 +251,7 @@ def summarise(
         "identities_per_split": dict(sorted(identities_per_split.items())),
         "seconds": round(time.time() - started, 2),
         "shard_dir": str(ctx.out / SHARD_DIR),
+        "leakage": report.leakage,
     }
 
 

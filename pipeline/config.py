@@ -95,6 +95,7 @@ class FilterConfig:
     max_identity_distance: float = 0.55  # dlib distance to the clip medoid above this: identity_mismatch (in-clip
     # distances of one person stay under ~0.4; dlib calls two photos the same person under 0.6)
     min_identity_windows: int = 3  # clips with fewer embedded windows get no identity check
+    leakage_distance: float = 0.4  # identities of two splits whose mean faces are closer: reported as leakage
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ class Config:
         relevant["download"] = {"max_height": self.download.max_height}
         for packing_only in ("labels", "cae_index"):  # set when shards are packed
             relevant["extras"].pop(packing_only)
+        relevant["filters"].pop("leakage_distance")
         return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -1,5 +1,6 @@
 """Quality filters: each has generated media that passes and media that fails with its exact reason code."""
 
+import io
 import json
 import math
 import subprocess
@@ -166,3 +167,29 @@ def test_audio_measures():
     assert clipping(np.clip(tone.astype(np.int32) * 10, -32768, 32767).astype(np.int16)) > 0.3
     assert snr_db((tone + rng.normal(0, 8000, 16000)).clip(-32768, 32767).astype(np.int16)) < 8
     assert out_of_frame((-60, 0, 60, 120), 640, 360) == 0.5 and out_of_frame((10, 10, 70, 70), 640, 360) == 0
+
+
+def test_leakage_reports_near_duplicate_faces_across_splits():
+    rng = np.random.default_rng(0)
+    person, other = rng.normal(0, 0.1, 128), rng.normal(0, 0.1, 128)
+    r = RunReport()
+
+    def add(split, identity, vec):
+        buf = io.BytesIO()
+        np.save(buf, vec.astype(np.float32))
+        r.add_embedding({"split": split, "identity": identity}, buf.getvalue())
+
+    for _ in range(3):  # one person under two identities (two channels), in train and in test
+        add("train", "chan_a", person + rng.normal(0, 0.01, 128))
+        add("test", "chan_b", person + rng.normal(0, 0.01, 128))
+        add("val", "someone", other)
+    add("train", "chan_a2", person)  # the same split: not leakage
+    leak = r.check_leakage(0.4)
+    assert leak["pairs"] == 2 and leak["identities_checked"] == {"test": 1, "train": 2, "val": 1}
+    assert {tuple(leak["examples"][0]["a"]), tuple(leak["examples"][0]["b"])} <= {
+        ("test", "chan_b"), ("train", "chan_a"), ("train", "chan_a2"),
+    }  # fmt: skip
+    assert "Leakage across splits" in r.html({}) and "chan_b" in r.html({})
+    r2 = RunReport()
+    r2.restore_sample_state(r.sample_state())
+    assert r2.leakage == leak

@@ -165,3 +165,5 @@ def test_labels_are_stable_and_the_cae_index_finds_every_sample(media, tmp_path)
         m = samples[where]
         assert (m["split"], m["identity"], m["identity_label"]) == (split, identity, label)
     assert set(index["splits"]["train"]) == {"mia", "abe"} and set(index["splits"]["val"]) == {"sam"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["leakage"]["pairs"] == 0 and summary["leakage"]["identities_checked"] == {"train": 2, "val": 1}

@@ -9,9 +9,10 @@ MANIFEST ?=
 OUT ?= $(if $(MANIFEST),out/$(basename $(notdir $(MANIFEST))),out/demo)
 MIRROR ?=
 CONFIG ?=
+PRESET ?=
 WORKERS ?= 2
 PYTEST_ARGS ?=
-POOL_ARGS = --workers $(WORKERS) --runner $(RUNNER) $(if $(ADDRESS),--address $(ADDRESS))
+POOL_ARGS = --workers $(WORKERS) --runner $(RUNNER) $(if $(ADDRESS),--address $(ADDRESS)) $(if $(PRESET),--preset $(PRESET))
 PORT ?= 8765
 HOST ?=
 
@@ -25,7 +26,7 @@ ADDRESS ?=
 
 .PHONY: shards test bench bench-gpu bench-review serve review publish curate lint format setup system-deps clean
 
-## shards: build shards (the demo with no MANIFEST; else MANIFEST=… OUT=… [MIRROR=…] [CONFIG=…])
+## shards: build shards (the demo with no MANIFEST; else MANIFEST=… OUT=… [MIRROR=…] [CONFIG=…]) [PRESET=wav2pix|…]
 shards: setup
 ifeq ($(strip $(MANIFEST)),)
 	$(BIN)/voiceface demo --out $(OUT) $(POOL_ARGS) $(if $(CONFIG),--config $(CONFIG))

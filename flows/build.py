@@ -118,11 +118,12 @@ def build_shards(
     config: str | None = None,
     optout: list[str] | None = None,
     workers: int = 2,
+    preset: str | None = None,
 ) -> dict:
     """Build WebDataset shards in OUT from a manifest. Re-running with the same arguments finishes an
     interrupted build and redoes only what is missing or out of date."""
     logger = get_run_logger()
-    cfg = load_config(config)
+    cfg = load_config(config, preset)
     vgg_weights = vggface_weights(cfg.vggface)
     plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
     print("\n".join(describe_plan(plan, manifest)))
@@ -175,6 +176,7 @@ def run_build(
     workers: int = 2,
     runner: str = "thread",
     address: str | None = None,
+    preset: str | None = None,
 ) -> dict:
     """Run the build flow on a bounded pool (Prefect's default thread pool is unbounded)."""
     workers = max(1, int(workers))
@@ -187,6 +189,7 @@ def run_build(
             config=str(config) if config else None,
             optout=[str(o) for o in optout] if optout else None,
             workers=workers,
+            preset=preset,
         )
 
 

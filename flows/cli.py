@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from flows import review_cli
+from pipeline.config import PRESETS
 
 RUNNERS = ("thread", "dask")  # flows.build.RUNNERS, repeated so that --help does not import Prefect
 DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "demo.csv"
@@ -15,6 +16,9 @@ DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "demo.csv"
 
 def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (stage sections; see README)")
+    p.add_argument(
+        "--preset", choices=sorted(PRESETS), help="one seed system's data (window, crops, extra members); see README"
+    )
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="clips processed at once")
     p.add_argument("--optout", action="append", help="extra opt-out list (ids or URLs); manifests/optout.txt is read")
     p.add_argument("--runner", choices=RUNNERS, default="thread", help="threads, or Dask worker processes")
@@ -88,17 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         manifest, mirror = DEMO_MANIFEST, args.media
     else:
         manifest, mirror = args.manifest, args.mirror
-    summary = finish_if_all_cached(manifest, args.out, mirror, args.config, args.optout)
+    summary = finish_if_all_cached(manifest, args.out, mirror, args.config, args.optout, args.preset)
     if summary is None:
         from flows.build import run_build
 
         pool = dict(config=args.config, optout=args.optout, workers=args.workers, runner=args.runner)
+        pool["preset"] = args.preset
         summary = run_build(manifest, args.out, mirror=mirror, address=args.address, **pool)
     # bad clips are data (clips.jsonl), not a failed command; a clip that crashed on a bug is
     return 1 if summary.get("clips_crashed") else 0
 
 
-def finish_if_all_cached(manifest, out, mirror, config, optout) -> dict | None:
+def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> dict | None:
     """When every clip is already done with these settings and no Prefect server is configured, repack and
     report without starting Prefect's temporary server (seconds of start-up for no task); else None."""
     if os.environ.get("PREFECT_API_URL"):
@@ -106,7 +111,7 @@ def finish_if_all_cached(manifest, out, mirror, config, optout) -> dict | None:
     from pipeline.build import describe_plan, finish_build, format_summary, output_paths, plan_build
     from pipeline.config import load_config, resolve_weights
 
-    cfg = load_config(config)
+    cfg = load_config(config, preset)
     if resolve_weights(cfg.vggface) is not None:
         return None  # the VGG-Face stage may have features to add to cached clips: that is GPU work for the flow
     plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)

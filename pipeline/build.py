@@ -21,6 +21,7 @@ from pathlib import Path
 from . import PIPELINE_VERSION
 from .clip import BuildContext, cached_status, read_status, split_of
 from .config import Config
+from .labels import CAE_INDEX_FILE, LABELS_FILE, CaeIndex, update_labels
 from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
@@ -147,8 +148,13 @@ def write_outputs(
     """Pack the ok clips of `rows()` (line-ordered statuses, read twice), then write clips.jsonl, summary.json
     and report.html. Shared by the build and by publishing after review."""
     report = RunReport()
-    packed = [(ctx.clip_tar(s.id), s.split) for s, ran in rows() if ran and s.status == "ok"]
-    counts = _pack_unless_unchanged(ctx, packed, report, gate)
+    ok = [s for s, ran in rows() if ran and s.status == "ok"]
+    packed = [(ctx.clip_tar(s.id), s.split) for s in ok]
+    labels = None  # once OUT has a label map, every packing keeps it up to date
+    if ctx.cfg.extras.labels or (ctx.out / LABELS_FILE).exists():
+        labels = update_labels(ctx.out, (s.identity for s in ok if s.identity is not None))
+    del ok
+    counts = _pack_unless_unchanged(ctx, packed, report, gate, labels)
     by_status: Counter[str] = Counter()
     partial = ctx.out / "clips.jsonl.partial"
     with open(partial, "w") as f:
@@ -169,7 +175,11 @@ def write_outputs(
 
 
 def _pack_unless_unchanged(
-    ctx: BuildContext, packed: list[tuple[Path, str]], report: RunReport, gate: ReviewGate | None
+    ctx: BuildContext,
+    packed: list[tuple[Path, str]],
+    report: RunReport,
+    gate: ReviewGate | None,
+    labels: dict[str, int] | None = None,
 ) -> dict:
     """Pack the shards, unless the inputs of the last packing (the same clip tars, splits, shard settings and
     review decisions) are unchanged and its shards are still in place: then they already are what packing
@@ -180,6 +190,10 @@ def _pack_unless_unchanged(
         digest.update(f"{tar.name}|{split}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     if gate is not None:
         digest.update(gate.fingerprint().encode())
+    cae = CaeIndex() if ctx.cfg.extras.cae_index or (ctx.out / CAE_INDEX_FILE).exists() else None
+    digest.update(f"leakage {ctx.cfg.filters.leakage_distance}\n".encode())
+    if labels is not None or cae is not None:
+        digest.update(json.dumps([labels, cae is not None], sort_keys=True).encode())
     record = ctx.work / "pack.json"
     if record.exists():
         last = json.loads(record.read_text())
@@ -191,8 +205,17 @@ def _pack_unless_unchanged(
             if gate is not None:
                 gate.outcomes = {k: Counter(v) for k, v in last["review_outcomes"].items()}
             return last["counts"]
-    observe = lambda meta, sample: report.add_sample(meta, sample["jpg"])  # noqa: E731
-    counts = pack_shards(ctx.out, packed, ctx.cfg.shards, keep=gate, observe=observe)
+
+    def observe(meta: dict, sample: dict) -> None:
+        report.add_sample(meta, sample["jpg"])
+        report.add_embedding(meta, sample.get("dlib.npy"))
+
+    annotate = (lambda meta: meta.__setitem__("identity_label", labels[meta["identity"]])) if labels else None
+    placed = cae.add if cae is not None else None
+    counts = pack_shards(ctx.out, packed, ctx.cfg.shards, keep=gate, observe=observe, annotate=annotate, placed=placed)
+    if cae is not None:
+        cae.write(ctx.out)
+    report.check_leakage(ctx.cfg.filters.leakage_distance)
     state = {"fingerprint": digest.hexdigest(), "counts": counts, "report": report.sample_state()}
     state["review_outcomes"] = gate.outcomes if gate is not None else {}
     atomic_write_bytes(record, json.dumps(state).encode())
@@ -228,6 +251,7 @@ def summarise(
         "identities_per_split": dict(sorted(identities_per_split.items())),
         "seconds": round(time.time() - started, 2),
         "shard_dir": str(ctx.out / SHARD_DIR),
+        "leakage": report.leakage,
     }
 
 

@@ -6,6 +6,7 @@ clip never stops a run; everything below it raises.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -18,15 +19,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import PIPELINE_VERSION
+from . import PIPELINE_VERSION, quality
 from .config import SAMPLE_RATE, Config
 from .faces import Face, SpeakerTracker, embed_faces
+from .features import log_mel, speech2face_stft, tile_to
 from .media import decode_audio, decode_frames_on_grid, probe
 from .reasons import ClipError, Reason, is_final
 from .records import Clip, ClipStatus, samples_to_seconds
 from .shards import atomic_write_bytes, write_clip_tar
 from .sources import Source, resolve_source
-from .speech import speech_windows, wav_bytes
+from .speech import speech_windows, voiced, wav_bytes
 from .splits import split_for_identity
 
 
@@ -144,46 +146,111 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
 
     W = cfg.speech.window_samples
     windows, n_cut = speech_windows(audio, cfg.speech)
+    tiled_from = None
+    if n_cut == 0 and cfg.extras.tile_short and len(audio) >= W // 16:
+        tiled_from = len(audio)  # Speech2Face's reference tiles a short clip to its 6 s
+        audio = tile_to(audio, W)
+        windows, n_cut = speech_windows(audio, cfg.speech)
     if n_cut == 0:
         raise ClipError(Reason.TOO_SHORT, f"{got_s:.2f}s of audio is shorter than one {W}-sample window")
     rejections: Counter[str] = Counter({str(Reason.NO_SPEECH): n_cut - len(windows)} if n_cut > len(windows) else {})
-    if not windows:
+    measures: dict[int, dict] = {}  # window index -> what the filters measured
+    clean = []
+    for w in windows:
+        chunk = audio[w.start : w.start + W]
+        m = measures[w.index] = {"clipping": quality.clipping(chunk), "snr_db": quality.snr_db(chunk)}
+        if reason := quality.speech_reason(m["clipping"], m["snr_db"], cfg.filters):
+            rejections[str(reason)] += 1
+        else:
+            clean.append(w)
+    if not clean:
         detail = f"none of {n_cut} windows has speech ratio >= {cfg.speech.min_speech_ratio}"
-        raise ClipError(Reason.NO_SPEECH, detail, windows_total=n_cut, window_rejections=dict(rejections))
+        reason = Reason.NO_SPEECH
+        if windows:
+            reason = Reason(max((r for r in rejections if r != Reason.NO_SPEECH), key=rejections.get))
+            detail = f"no window passed the speech filters: {dict(rejections)}"
+        raise ClipError(reason, detail, windows_total=n_cut, window_rejections=dict(rejections))
+    windows = clean
 
     split = split_of(clip, ctx)
     tracker = SpeakerTracker(cfg.faces, clip.hint)
     by_index = {w.index: w for w in windows}
     period_s = W / SAMPLE_RATE
     choices: Counter[str] = Counter()
-    seen = set()
+    seen: set[int] = set()  # windows whose frame(s) were decoded
+    done: set[int] = set()  # ... and that have a face passing the filters
+    last_reason: dict[int, str] = {}
+    ex = cfg.extras
+    if ex.first_good_face:  # frames every step over the window's first span; the first good face is used
+        step, first = ex.first_face_step_s, 1e-3  # a grid time just after 0 selects the window's first frame
+        n_frames = int(round(n_cut * period_s / step))
+    else:  # the frame at the window's centre
+        step, first, n_frames = period_s, period_s / 2, n_cut
 
-    def samples():
-        frames = decode_frames_on_grid(src.path, info, file_start_s, period_s / 2, period_s, n_cut)
-        pending: list[tuple] = []  # faces wait here to be embedded in one batch
+    def faces():
+        frames = decode_frames_on_grid(src.path, info, file_start_s, first, step, n_frames)
         for frame in frames:
-            win = by_index.get(frame.index)
-            if win is None or frame.index in seen:
+            if ex.first_good_face:
+                t = frame.index * step
+                k = int(round(t * SAMPLE_RATE)) // W
+                if t - k * period_s > ex.first_face_span_s + 1e-6:
+                    continue
+            else:
+                k = frame.index
+            win = by_index.get(k)
+            if win is None or k in done or (k in seen and not ex.first_good_face):
                 continue
-            seen.add(frame.index)
+            seen.add(k)
             face = tracker(frame.rgb)
             if not isinstance(face, Face):
-                rejections[str(face)] += 1
+                last_reason[k] = str(face)
                 continue
+            m = quality.face_measures(face, (frame.rgb.shape[1], frame.rgb.shape[0]))
+            if reason := quality.face_reason(face.det_score, m, cfg.filters):
+                last_reason[k] = str(reason)
+                continue
+            done.add(k)
             choices[face.choice] += 1
-            pending.append((win, frame.time, face))
+            yield win, frame.time, face, {**measures[k], **m}
+
+    def samples():
+        pending: list[tuple] = []  # faces wait here to be embedded in one batch
+        for item in faces():
+            pending.append(item)
             if len(pending) >= cfg.faces.embed_batch:
                 yield from flush(pending)
         yield from flush(pending)
 
     def flush(pending: list[tuple]):
-        embed_faces([face for _, _, face in pending], cfg.faces)
-        for win, frame_time, face in pending:
-            yield make_sample(clip, src, split, win, audio, frame_time, face, ctx)
+        embed_faces([face for _, _, face, _ in pending], cfg.faces)
+        for win, frame_time, face, m in pending:
+            sample = make_sample(clip, src, split, win, audio, frame_time, face, ctx, m, file_start_s, tiled_from)
+            yield sample, face.embedding
         pending.clear()
 
+    def checked():
+        """The samples, less the identity outliers when embeddings are on (the clip is held in memory for it)."""
+        if not cfg.faces.embeddings:
+            yield from (sample for sample, _ in samples())
+            return
+        made = list(samples())
+        if len(made) < cfg.filters.min_identity_windows:
+            yield from (sample for sample, _ in made)
+            return
+        dist = quality.medoid_distances(np.stack([v for _, v in made]))
+        for (sample, _), d in zip(made, dist, strict=True):
+            if d > cfg.filters.max_identity_distance:
+                rejections[str(Reason.IDENTITY_MISMATCH)] += 1
+                continue
+            meta = json.loads(sample["json"])
+            meta["clip_identity_distance"] = round(float(d), 4)
+            sample["json"] = json.dumps(meta, sort_keys=True).encode()
+            yield sample
+
     ctx.clip_tar(clip.clip_id).parent.mkdir(parents=True, exist_ok=True)
-    written = write_clip_tar(ctx.clip_tar(clip.clip_id), samples(), cfg.shards.mtime)
+    written = write_clip_tar(ctx.clip_tar(clip.clip_id), checked(), cfg.shards.mtime)
+    for k in seen - done:
+        rejections[last_reason[k]] += 1
     missing = len(windows) - len(seen)
     if missing:
         rejections[str(Reason.FRAME_MISSING)] += missing
@@ -209,8 +276,34 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
     return status
 
 
-def make_sample(clip, src: Source, split, win, audio, frame_time_file_s, face: Face, ctx: BuildContext) -> dict:
-    """One WebDataset sample (all members already bytes) for a speech window and its face."""
+def _npy(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
+def _jpg(rgb: np.ndarray, quality_: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(buf, "JPEG", quality=quality_)
+    return buf.getvalue()
+
+
+def augment_starts(key: str, centre: int, n_audio: int, cfg: Config) -> np.ndarray:
+    """Wav2Pix's augmentation: `augment` window starts drawn uniformly from the context around `centre`
+    (clip samples), seeded by (seed, key), so a rebuild draws the same windows."""
+    W, half = cfg.speech.window_samples, int(cfg.extras.augment_context_s * SAMPLE_RATE) // 2
+    hi_max = max(0, n_audio - W)
+    lo, hi = min(max(0, centre - half), hi_max), min(max(0, centre + half - W), hi_max)
+    seed = int.from_bytes(hashlib.sha1(f"{cfg.extras.seed}:{key}".encode()).digest()[:8], "little")
+    return np.random.default_rng(seed).integers(lo, max(lo, hi) + 1, cfg.extras.augment)
+
+
+def make_sample(
+    clip, src: Source, split, win, audio, frame_time_file_s, face: Face, ctx: BuildContext,
+    measures: dict | None = None, file_start_s: float = 0.0, tiled_from: int | None = None,
+) -> dict:  # fmt: skip
+    """One WebDataset sample (all members already bytes) for a speech window and its face, with the extra
+    members the config asks for (cfg.extras)."""
     cfg = ctx.cfg
     W = cfg.speech.window_samples
     clip_start = clip.start or 0
@@ -236,19 +329,33 @@ def make_sample(clip, src: Source, split, win, audio, frame_time_file_s, face: F
         "rms_dbfs": win.rms_dbfs,
         "crop_size": cfg.faces.crop_size,
         "pipeline_version": PIPELINE_VERSION,
+        **(measures or {}),
     }
     if clip.gender:
         meta["gender"] = clip.gender
-    jpg = io.BytesIO()
-    Image.fromarray(face.crop, "RGB").save(jpg, "JPEG", quality=cfg.faces.jpeg_quality)
-    sample = {
-        "__key__": f"{clip.clip_id}-{win.index:05d}",
-        "wav": wav_bytes(audio[win.start : win.start + W]),
-        "jpg": jpg.getvalue(),
-        "json": json.dumps(meta, sort_keys=True).encode(),
-    }
+    key = f"{clip.clip_id}-{win.index:05d}"
+    chunk = audio[win.start : win.start + W]
+    sample = {"__key__": key, "wav": wav_bytes(chunk), "jpg": _jpg(face.crop, cfg.faces.jpeg_quality)}
+    if tiled_from is not None:
+        meta["tiled_from"] = tiled_from  # samples of real audio the window repeats
+        meta["window_end"] = round(samples_to_seconds(clip_start + win.start + min(W, tiled_from)), 6)
+    ex = cfg.extras
+    for size in ex.face_sizes:
+        small = np.asarray(Image.fromarray(face.crop, "RGB").resize((size, size), Image.LANCZOS))
+        sample[f"face{size}.jpg"] = _jpg(small, cfg.faces.jpeg_quality)
+    if ex.augment:
+        centre = int(round((frame_time_file_s - file_start_s) * SAMPLE_RATE))
+        starts = augment_starts(key, centre, len(audio), cfg)
+        sample["aug.npy"] = _npy(np.stack([audio[s : s + W] for s in starts]).astype(np.int16))
+        meta["aug_starts"] = [round(samples_to_seconds(clip_start + int(s)), 6) for s in starts]
+    if ex.stft:
+        sample["stft.npy"] = _npy(speech2face_stft(chunk))
+    if ex.mel:
+        speech = voiced(chunk, cfg.speech)
+        speech = speech if len(speech) >= 400 else chunk  # too little VAD speech: the whole window
+        sample["mel.npy"] = _npy(log_mel(speech))
+        meta["mel_samples"] = len(speech)
+    sample["json"] = json.dumps(meta, sort_keys=True).encode()
     if face.embedding is not None:
-        buf = io.BytesIO()
-        np.save(buf, face.embedding.astype(np.float32))
-        sample["dlib.npy"] = buf.getvalue()
+        sample["dlib.npy"] = _npy(face.embedding.astype(np.float32))
     return sample

@@ -2,6 +2,7 @@
 
 The YAML file has one mapping per stage, for example::
 
+    preset: wav2pix          # optional: a named bundle of settings (PRESETS), the base the sections override
     speech:
       window_samples: 16384
     faces:
@@ -63,6 +64,41 @@ class FaceConfig:
 
 
 @dataclass(frozen=True)
+class ExtrasConfig:
+    """Members added to each sample for the seed systems (the presets turn them on); all off by default."""
+
+    face_sizes: tuple[int, ...] = ()  # extra face crops, e.g. (64, 128) -> face64.jpg, face128.jpg
+    augment: int = 0  # wav2pix: this many extra random windows from the context around the face frame (aug.npy)
+    augment_context_s: float = 4.0  # ... drawn from this many seconds centred on the face frame
+    seed: int = 0  # the augmentation's windows are a function of (seed, sample key): deterministic
+    stft: bool = False  # speech2face: stft.npy, the compressed complex STFT of the window (598, 257, 2) for 6 s
+    tile_short: bool = False  # speech2face: a clip shorter than one window is tiled to a window, not too_short
+    first_good_face: bool = False  # speech2face: the face of the window's first frame that passes the filters
+    first_face_step_s: float = 0.2  # ... frames tried at this step from the window start ...
+    first_face_span_s: float = 1.0  # ... over this many seconds
+    mel: bool = False  # voice2face / cae: mel.npy, 64-band normalised log-mel of the window's VAD speech frames
+    labels: bool = False  # integer identity labels (json identity_label), kept stable in OUT/labels.json
+    cae_index: bool = False  # OUT/cae_index.json: each split's samples by identity, for triplet sampling
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Quality filters: each rejects a window with its own reason code (counted in the report)."""
+
+    min_det_score: float = 0.05  # dlib HOG score below this: low_face_score (the detector keeps scores > 0)
+    min_sharpness: float = 4.0  # variance of the Laplacian of the grey crop's centre below this: blurry
+    max_yaw_deg: float = 50.0  # |yaw| estimated from the 5 landmarks above this: bad_pose
+    max_pitch_deg: float = 40.0  # |pitch| likewise
+    max_out_of_frame: float = 0.2  # share of the face box outside the frame above this: face_out_of_frame
+    max_clipping: float = 0.01  # share of samples at full scale above this: clipping
+    min_snr_db: float = 8.0  # frame-energy SNR estimate (95th vs 10th percentile) below this: low_snr
+    max_identity_distance: float = 0.55  # dlib distance to the clip medoid above this: identity_mismatch (in-clip
+    # distances of one person stay under ~0.4; dlib calls two photos the same person under 0.6)
+    min_identity_windows: int = 3  # clips with fewer embedded windows get no identity check
+    leakage_distance: float = 0.4  # identities of two splits whose mean faces are closer: reported as leakage
+
+
+@dataclass(frozen=True)
 class ShardConfig:
     maxcount: int = 1000  # samples per shard
     maxsize: int = 500_000_000  # bytes per shard
@@ -112,6 +148,26 @@ class ReviewConfig:
     page_size: int = 50  # cards per page
 
 
+# Each seed system's data, as config overrides applied under the YAML file's own sections (see README).
+PRESETS: dict[str, dict[str, dict]] = {
+    "wav2pix": {
+        "speech": {"window_samples": 16384},
+        "extras": {"face_sizes": (64, 128), "augment": 5},
+    },
+    "speech2face": {
+        "speech": {"window_samples": 96000},
+        "faces": {"crop_size": 224},
+        "extras": {"stft": True, "tile_short": True, "first_good_face": True},
+    },
+    "voice2face": {
+        "extras": {"mel": True, "face_sizes": (64,), "labels": True},
+    },
+    "cae": {
+        "extras": {"mel": True, "face_sizes": (64,), "labels": True, "cae_index": True},
+    },
+}
+
+
 @dataclass(frozen=True)
 class Config:
     download: DownloadConfig = field(default_factory=DownloadConfig)
@@ -120,21 +176,32 @@ class Config:
     shards: ShardConfig = field(default_factory=ShardConfig)
     vggface: VGGFaceConfig = field(default_factory=VGGFaceConfig)
     review: ReviewConfig = field(default_factory=ReviewConfig)
+    extras: ExtrasConfig = field(default_factory=ExtrasConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    preset: str | None = None  # the PRESETS entry the sections were applied over
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict | None) -> Config:
-        data = data or {}
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+    def from_dict(cls, data: dict | None, preset: str | None = None) -> Config:
+        """Sections from `data`, over the preset's (the `preset` argument, else data's `preset` key)."""
+        data = dict(data or {})
+        preset = preset or data.pop("preset", None)
+        data.pop("preset", None)
+        sections = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "preset"}
         unknown = set(data) - set(sections)
         if unknown:
-            raise ValueError(f"unknown config section(s) {sorted(unknown)}; valid: {sorted(sections)}")
-        kwargs = {}
+            raise ValueError(f"unknown config section(s) {sorted(unknown)}; valid: {sorted(sections)}, preset")
+        if preset is not None and preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
+        base = PRESETS.get(preset, {}) if preset else {}
+        kwargs: dict = {"preset": preset}
         for f in dataclasses.fields(cls):
+            if f.name == "preset":
+                continue
             stage_cls = f.default_factory  # type: ignore[misc]
-            values = data.get(f.name) or {}
+            values = {**base.get(f.name, {}), **(data.get(f.name) or {})}
             valid = {sf.name for sf in dataclasses.fields(stage_cls)}
             bad = set(values) - valid
             if bad:
@@ -150,18 +217,21 @@ class Config:
         sample's own record of them, so turning the stage on or changing it never redoes a clip's media work."""
         relevant = {k: v for k, v in self.to_dict().items() if k not in ("shards", "vggface", "review")}
         relevant["download"] = {"max_height": self.download.max_height}
+        for packing_only in ("labels", "cae_index"):  # set when shards are packed
+            relevant["extras"].pop(packing_only)
+        relevant["filters"].pop("leakage_distance")
         return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Read a YAML config file; None gives the defaults."""
+def load_config(path: str | Path | None, preset: str | None = None) -> Config:
+    """Read a YAML config file (None: the defaults) over a preset (this argument wins over the file's key)."""
     if path is None:
-        return Config()
+        return Config.from_dict({}, preset)
     with open(path) as f:
         data = yaml.safe_load(f)
     if data is not None and not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a mapping of stage sections")
-    return Config.from_dict(data)
+    return Config.from_dict(data, preset)
 
 
 def resolve_weights(cfg: VGGFaceConfig) -> str | None:

@@ -26,11 +26,19 @@ class Reason(StrEnum):
     # speech
     TOO_SHORT = "too_short"
     NO_SPEECH = "no_speech"
+    CLIPPING = "clipping"  # too many samples at full scale
+    LOW_SNR = "low_snr"  # the frame-energy SNR estimate is too low
     # faces (per window; a clip with no surviving window takes the most common one)
     NO_FACE = "no_face"
     FACE_TOO_SMALL = "face_too_small"
     SPEAKER_NOT_FOUND = "speaker_not_found"  # faces found, none near the x,y hint
     FRAME_MISSING = "frame_missing"  # the video ended before the window's centre
+    # face quality filters (per window)
+    LOW_FACE_SCORE = "low_face_score"
+    BLURRY = "blurry"
+    BAD_POSE = "bad_pose"  # yaw or pitch from the 5 landmarks too large
+    FACE_OUT_OF_FRAME = "face_out_of_frame"
+    IDENTITY_MISMATCH = "identity_mismatch"  # far from the clip's medoid face: a cutaway or another person
     # a bug: caught once, in the clip runner, so one clip never stops a run
     INTERNAL_ERROR = "internal_error"
     # review (an ok clip none of whose windows is in the shards after review)

@@ -9,6 +9,7 @@ import io
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 from .reasons import Reason
@@ -21,6 +22,13 @@ SOURCE_REASONS = {
 }  # fmt: skip
 DECODE_REASONS = {Reason.CORRUPT_MEDIA, Reason.NO_AUDIO, Reason.NO_VIDEO, Reason.SEGMENT_OUT_OF_RANGE}
 FACE_WINDOW_REASONS = {Reason.NO_FACE, Reason.FACE_TOO_SMALL, Reason.SPEAKER_NOT_FOUND, Reason.FRAME_MISSING}
+# the window funnel after the speech windows: each stage, and the window rejections that end there
+WINDOW_STAGES = [
+    ("clean audio", {Reason.CLIPPING, Reason.LOW_SNR}),
+    ("faces", FACE_WINDOW_REASONS),
+    ("good faces", {Reason.LOW_FACE_SCORE, Reason.BLURRY, Reason.BAD_POSE, Reason.FACE_OUT_OF_FRAME}),
+    ("same identity", {Reason.IDENTITY_MISMATCH}),
+]
 SPEECH_BINS = 10  # speech ratio histogram over [0, 1]
 FACE_BIN_PX = 32  # face width histogram bin
 THUMB_PX = 64
@@ -42,6 +50,9 @@ class RunReport:
     speech_hist: Counter = field(default_factory=Counter)
     face_hist: Counter = field(default_factory=Counter)
     thumbs: dict[str, list[bytes]] = field(default_factory=dict)
+    max_leakage_identities: int = 20000  # identities per split whose mean face enters the leakage check
+    faces: dict[str, dict[str, list]] = field(default_factory=dict)  # split -> identity -> [sum of embeddings, n]
+    leakage: dict | None = None
 
     def add_status(self, s: ClipStatus) -> None:
         """Count one clips.jsonl row into the funnel and the rejection tables."""
@@ -61,11 +72,12 @@ class RunReport:
             return
         self.funnel["decoded"] += 1
         self.window_reasons.update(s.window_rejections)
-        speech = s.windows_total - s.window_rejections.get(Reason.NO_SPEECH, 0)
-        faces = speech - sum(s.window_rejections.get(r, 0) for r in FACE_WINDOW_REASONS)
+        left = s.windows_total - s.window_rejections.get(Reason.NO_SPEECH, 0)
         self.funnel["windows"] += s.windows_total
-        self.funnel["speech windows"] += speech
-        self.funnel["faces"] += faces
+        self.funnel["speech windows"] += left
+        for stage, reasons in WINDOW_STAGES:
+            left -= sum(s.window_rejections.get(r, 0) for r in reasons)
+            self.funnel[stage] += left
         self.funnel["written"] += s.windows_written
         if s.status == "ok" and s.identity is not None:
             row = self.identities.setdefault(s.identity, [s.split, 0, 0, 0.0])
@@ -85,6 +97,50 @@ class RunReport:
         if thumbs is not None and len(thumbs) < self.thumbs_per_identity:
             thumbs.append(_thumbnail(jpg))
 
+    def add_embedding(self, meta: dict, npy: bytes | None) -> None:
+        """Add one written sample's dlib embedding to its identity's mean face (for the leakage check)."""
+        if npy is None:
+            return
+        ids = self.faces.setdefault(str(meta.get("split")), {})
+        row = ids.get(meta["identity"])
+        if row is None:
+            if len(ids) >= self.max_leakage_identities:
+                return
+            row = ids[meta["identity"]] = [np.zeros(128, np.float64), 0]
+        row[0] += np.load(io.BytesIO(npy)).astype(np.float64)
+        row[1] += 1
+
+    def check_leakage(self, threshold: float, examples: int = 10) -> dict:
+        """Near-duplicate faces across splits: pairs of identities in different splits whose mean faces lie
+        closer than `threshold` (dlib distance), with the closest pairs as examples. Sets self.leakage."""
+        means = {
+            split: (list(ids), np.stack([v / n for v, n in ids.values()]).astype(np.float32))
+            for split, ids in sorted(self.faces.items())
+            if ids
+        }
+        pairs, found = 0, []
+        names = list(means)
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                (ia, va), (ib, vb) = means[a], means[b]
+                sb = (vb**2).sum(1)
+                for lo in range(0, len(va), 256):
+                    chunk = va[lo : lo + 256]
+                    d = np.sqrt(np.maximum((chunk**2).sum(1)[:, None] + sb[None, :] - 2 * chunk @ vb.T, 0))
+                    hit = np.argwhere(d < threshold)
+                    pairs += len(hit)
+                    found += [(float(d[r, c]), a, ia[lo + r], b, ib[c]) for r, c in hit]
+                    found = sorted(found)[:examples]
+        self.leakage = {
+            "threshold": threshold,
+            "identities_checked": {split: len(ids) for split, (ids, _) in means.items()},
+            "pairs": pairs,
+            "examples": [
+                {"distance": round(dist, 4), "a": [sa, ia], "b": [sb_, ib]} for dist, sa, ia, sb_, ib in found
+            ],
+        }
+        return self.leakage
+
     def sample_state(self) -> dict:
         """What add_sample gathered, as JSON: kept with the shards so an unchanged re-run need not re-read them."""
         return {
@@ -92,6 +148,7 @@ class RunReport:
             "face_hist": dict(self.face_hist),
             "samples": {i: [v[0], v[2], v[3]] for i, v in self.identities.items() if v[2]},
             "thumbs": {i: [base64.b64encode(t).decode() for t in ts] for i, ts in self.thumbs.items()},
+            "leakage": self.leakage,
         }
 
     def restore_sample_state(self, state: dict) -> None:
@@ -102,10 +159,15 @@ class RunReport:
             row[2] += n
             row[3] += seconds
         self.thumbs = {i: [base64.b64decode(t) for t in ts] for i, ts in state["thumbs"].items()}
+        self.leakage = state.get("leakage")
 
     def funnel_rows(self) -> list[tuple[str, int]]:
-        stages = ["manifest rows", "clips", "resolved", "decoded", "windows", "speech windows", "faces", "written"]
+        stages = ["manifest rows", "clips", "resolved", "decoded", "windows", "speech windows"]
+        stages += [stage for stage, _ in WINDOW_STAGES] + ["written"]
         return [(stage, self.funnel[stage]) for stage in stages]
+
+    def _leakage_html(self) -> str:
+        return _leakage_html(self)
 
     def markdown(self, summary: dict) -> str:
         """A short summary with the funnel (a Prefect markdown artifact)."""
@@ -191,12 +253,31 @@ New {summary.get("clips_new", 0)}, cached {summary.get("clips_cached", 0)}, redo
 <h2>Window rejections</h2><table><tr><th>reason</th><th>windows</th></tr>{window_rows}</table>
 <h2>Distributions of written windows</h2>
 <div class=hist><h3>speech ratio</h3>{speech_svg}</div><div class=hist><h3>face width (px)</h3>{face_svg}</div>
+{self._leakage_html()}
 <h2>Identities</h2>
 <table><tr><th>identity</th><th>split</th><th>clips</th><th>samples</th><th>seconds</th></tr>{id_rows}</table>
 {more_note}
 <h2>Faces per identity</h2>{mosaics}
 </body></html>
 """
+
+
+def _leakage_html(report: RunReport) -> str:
+    lk = report.leakage
+    if not lk:
+        return ""
+    e = html.escape
+    rows = "".join(
+        f"<tr><td class=n>{x['distance']:.3f}</td><td>{e(x['a'][0])}: {e(str(x['a'][1]))}</td>"
+        f"<td>{e(x['b'][0])}: {e(str(x['b'][1]))}</td></tr>"
+        for x in lk["examples"]
+    )
+    checked = ", ".join(f"{e(k)}: {v}" for k, v in lk["identities_checked"].items())
+    return (
+        f"<h2>Leakage across splits</h2><p>{lk['pairs']} pairs of identities in different splits have mean faces "
+        f"closer than {lk['threshold']} (identities checked: {checked or 'none'}).</p>"
+        + (f"<table><tr><th>distance</th><th>a</th><th>b</th></tr>{rows}</table>" if rows else "")
+    )
 
 
 def _thumbnail(jpg: bytes) -> bytes:

@@ -20,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from . import quality
 from .config import ReviewConfig
+from .quality import medoid_distances
 from .reasons import QueueReason, Reason
 from .records import Clip, ClipStatus
 from .reviewdb import ClipRow, ItemRow, ReviewDB, now
@@ -96,24 +98,7 @@ def sharpness(jpg: bytes) -> float:
     """Variance of the Laplacian of the grey crop's central half (the face, not the padding around it)."""
     from PIL import Image
 
-    g = np.asarray(Image.open(io.BytesIO(jpg)).convert("L"), dtype=np.float32)
-    h, w = g.shape
-    c = g[h // 4 : h - h // 4, w // 4 : w - w // 4]
-    lap = c[1:-1, 2:] + c[1:-1, :-2] + c[2:, 1:-1] + c[:-2, 1:-1] - 4 * c[1:-1, 1:-1]
-    return float(lap.var())
-
-
-def medoid_distances(vectors: np.ndarray, max_ref: int = 400) -> np.ndarray:
-    """Each vector's distance to the medoid; the medoid is sought among at most `max_ref` evenly spaced ones.
-
-    A medoid rather than the mean: when a wrong face makes up a third of an identity, the mean lies between
-    the two faces and flags neither; the medoid stays on the majority's face.
-    """
-    ref = vectors[np.linspace(0, len(vectors) - 1, min(len(vectors), max_ref)).round().astype(int)]
-    sq = (ref**2).sum(1)
-    d = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * ref @ ref.T, 0))
-    medoid = ref[d.sum(1).argmin()]
-    return np.linalg.norm(vectors - medoid, axis=1)
+    return quality.sharpness(np.asarray(Image.open(io.BytesIO(jpg)).convert("L"), dtype=np.float32))
 
 
 # --- scanning clip tars ----------------------------------------------------------------------------------------

@@ -80,12 +80,15 @@ def pack_shards(
     cfg: ShardConfig,
     keep: Callable[[str, dict], bool] | None = None,
     observe: Callable[[dict, dict], None] | None = None,
+    annotate: Callable[[dict], None] | None = None,
+    placed: Callable[[dict, str], None] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Pack per-clip tars into `out/shards/{split}-NNNNNN.tar` and swap the directory in atomically.
 
     `clips` is (clip tar, split) in manifest order. The sample json's `split` is set here, so a split
     change needs no media work. `keep(key, meta)` can leave samples out (review decisions);
-    `observe(meta, sample)` sees every sample written (for the report).
+    `observe(meta, sample)` sees every sample written (for the report); `annotate(meta)` may add to a sample's
+    json (identity labels); `placed(meta, shard name)` hears where each sample went.
     Returns {split: {"samples": n, "shards": m}}.
     """
     import webdataset as wds
@@ -102,6 +105,8 @@ def pack_shards(
                 if keep is not None and not keep(sample["__key__"], meta):
                     continue
                 meta["split"] = split
+                if annotate is not None:
+                    annotate(meta)
                 sample["json"] = json.dumps(meta, sort_keys=True).encode()
                 if split not in writers:  # ShardWriter opens a file at once: only for splits in use
                     writers[split] = wds.ShardWriter(
@@ -115,6 +120,8 @@ def pack_shards(
                     counts[split] = {"samples": 0, "shards": 0}
                 writers[split].write(sample)
                 counts[split]["samples"] += 1
+                if placed is not None:
+                    placed(meta, os.path.basename(writers[split].fname))
                 if observe is not None:
                     observe(meta, sample)
     finally:

@@ -71,3 +71,13 @@ def wav_bytes(audio: np.ndarray) -> bytes:
         w.setframerate(SAMPLE_RATE)
         w.writeframes(audio.astype("<i2").tobytes())
     return buf.getvalue()
+
+
+def voiced(audio: np.ndarray, cfg: SpeechConfig) -> np.ndarray:
+    """The audio's VAD speech frames, concatenated (silence removed, as voice2face's preprocessing did)."""
+    frame = SAMPLE_RATE * cfg.vad_frame_ms // 1000
+    n = len(audio) // frame
+    vad = new_vad(cfg)
+    keep = [audio[i * frame : (i + 1) * frame] for i in range(n)]
+    keep = [f for f in keep if vad.is_speech(f.astype("<i2").tobytes(), SAMPLE_RATE)]
+    return np.concatenate(keep) if keep else audio[:0]

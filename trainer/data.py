@@ -104,6 +104,7 @@ class Decoder:
         out = {"key": sample["__key__"]}
         meta = json.loads(sample["json"])
         out["label"] = self.labels.get(meta["identity"], -1)  # -1: an identity the label map does not know
+        out["identity"] = meta["identity"]
         for f in self.fields:
             if f == "wav":
                 out["wav"] = fit_length(decode_wav(sample["wav"]), self.wav_len).astype(np.float32) / 32768.0
@@ -121,13 +122,15 @@ class Decoder:
 
 
 def collate(samples: list[dict]) -> dict:
-    """A list of decoded samples → a dict of torch tensors (keys stay a list)."""
+    """A list of decoded samples → a dict of torch tensors (strings stay lists)."""
     import torch
 
-    out = {"key": [s["key"] for s in samples]}
-    for k in samples[0]:
-        if k != "key" and not k.startswith("__"):  # wds' map() copies __key__ back into each sample
-            out[k] = torch.from_numpy(np.stack([np.asarray(s[k]) for s in samples]))
+    out = {}
+    for k, v in samples[0].items():
+        if k.startswith("__"):  # wds' map() copies __key__ back into each sample
+            continue
+        vals = [s[k] for s in samples]
+        out[k] = vals if isinstance(v, str) else torch.from_numpy(np.stack([np.asarray(x) for x in vals]))
     return out
 
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 
 MODELS = ("wav2pix", "speech2face")
+COMMANDS = ("train", "eval")
 
 
 def add_commands(sub) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +20,18 @@ def autocast(device: str):
     if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """torch's intra-op CPU threads set to n (0: unchanged) for the block, then restored."""
+    prev = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
 
 
 def batches(make_loader):

@@ -18,7 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.common import CsvLog, autocast, batches, grid, load_checkpoint, pick_device, save_checkpoint, save_png
+from trainer.common import (
+    CsvLog,
+    autocast,
+    batches,
+    cpu_threads,
+    grid,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    save_png,
+)
 from trainer.data import Decoder, label_map, loader, shard_urls, train_dataset
 from trainer.speech2face.model import VoiceEncoder, VoiceEncoderArgs, normalized_l2
 
@@ -79,12 +89,15 @@ def target_dim(shards) -> int:
 
 def train(shards, run, cfg: TrainConfig = CONFIGS["default"], resume: bool = True) -> dict:
     """Train (or resume) in RUN; returns the last step's losses."""
+    with cpu_threads(cfg.threads):
+        return _train(shards, run, cfg, resume)
+
+
+def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / "checkpoint.pt"
     device = pick_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     ck = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     if ck is not None:
         labels, args, start = ck["labels"], VoiceEncoderArgs(**ck["model_args"]), ck["step"]

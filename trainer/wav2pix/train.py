@@ -21,6 +21,7 @@ from trainer.common import (
     CsvLog,
     autocast,
     batches,
+    cpu_threads,
     grid,
     load_checkpoint,
     pick_device,
@@ -84,6 +85,11 @@ def _lsgan(score: torch.Tensor, target: float) -> torch.Tensor:
 
 def train(shards, run, cfg: TrainConfig = CONFIGS["default"], resume: bool = True) -> dict:
     """Train (or resume) in RUN; returns the last step's losses."""
+    with cpu_threads(cfg.threads):
+        return _train(shards, run, cfg, resume)
+
+
+def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     ckpt_path = run / "checkpoint.pt"
@@ -94,8 +100,6 @@ def train(shards, run, cfg: TrainConfig = CONFIGS["default"], resume: bool = Tru
     else:
         labels, start = label_map(shards), 0
         args = dataclasses.replace(cfg.model, n_classes=max(len(labels), 1))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed + start)
     model = Wav2Pix(args).to(device)
     enc, gen, disc = model.encoder, model.generator, model.discriminator

@@ -16,7 +16,7 @@ from pipeline.clip import run_clip
 from pipeline.config import Config
 from trainer import metrics as M
 from trainer.common import read_metrics
-from trainer.data import Decoder, eval_samples, label_map, loader, shard_urls, train_dataset
+from trainer.data import Decoder, eval_samples, label_map, loader, shard_urls, tar_samples, train_dataset
 from trainer.eval import evaluate
 from trainer.wav2pix import train as w2p
 from trainer.wav2pix.model import Wav2Pix
@@ -76,6 +76,14 @@ def test_loader_batches_the_train_split_and_evaluates_val_in_order(shards):
     assert set(b["label"].tolist()) <= {0, 2} and set(b["identity"]) <= {"eileen", "grace"}
     keys = [s["key"] for s in eval_samples(shards, Decoder(labels, ("label",)), "val")]
     assert keys and all(k.startswith("left-") for k in keys) and keys == sorted(keys)
+
+
+def test_fast_tar_reader_matches_webdataset(shards):
+    import webdataset as wds
+
+    urls = shard_urls(shards, "train") + shard_urls(shards, "val")
+    ref = [{k: v for k, v in s.items() if k != "__local_path__"} for s in wds.WebDataset(urls, shardshuffle=False)]
+    assert list(tar_samples({"url": u} for u in urls)) == ref
 
 
 def test_audio_features_are_computed_from_wav_when_missing(shards):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import wave
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +39,8 @@ def label_map(shards: str | Path) -> dict[str, int]:
     for p in (d / "labels.json", d.parent / "labels.json"):
         if p.is_file():
             return {str(k): int(v) for k, v in json.loads(p.read_text()).items()}
-    import webdataset as wds
-
     ids = set()
-    urls = sorted(str(p) for p in d.glob("*.tar"))
-    for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False, select_files=lambda n: n.endswith(".json")):
+    for s in tar_samples({"url": str(p)} for p in sorted(d.glob("*.tar"))):
         ids.add(json.loads(s["json"])["identity"])
     return {name: i for i, name in enumerate(sorted(ids))}
 
@@ -71,7 +69,7 @@ def decode_face(data: bytes, size: int) -> np.ndarray:
     im.draft("RGB", (size, size))
     im = im.convert("RGB")
     if im.size != (size, size):
-        im = im.resize((size, size), Image.BILINEAR)
+        im = im.resize((size, size), Image.BOX)  # area average: antialiased, and cheaper than bilinear
     return np.asarray(im).transpose(2, 0, 1)
 
 
@@ -134,25 +132,78 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
+def _tar_members(buf) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each regular file of a tar in memory: ustar, pax (`path`) and GNU long names."""
+    off, n, long_name = 0, len(buf), None
+    while off + 512 <= n:
+        hdr = bytes(buf[off : off + 512])
+        if hdr == _ZERO_BLOCK:
+            return
+        raw = hdr[124:136]
+        size = int.from_bytes(raw[1:], "big") if raw[0] & 0x80 else int(raw.strip(b"\0 ") or b"0", 8)
+        kind, start = hdr[156:157], off + 512
+        off = start + (size + 511) // 512 * 512
+        if kind == b"x":  # pax extended header: "LEN key=value\n" records for the next member
+            for rec in bytes(buf[start : start + size]).decode("utf-8").split("\n"):
+                k, _, v = rec.partition(" ")[2].partition("=")
+                if k == "path":
+                    long_name = v
+            continue
+        if kind == b"L":  # GNU long name
+            long_name = bytes(buf[start : start + size]).rstrip(b"\0").decode("utf-8")
+            continue
+        if kind in (b"0", b"\0"):
+            name = long_name
+            if name is None:
+                name = hdr[:100].rstrip(b"\0").decode("utf-8")
+                if hdr[257:262] == b"ustar" and hdr[345] != 0:
+                    name = hdr[345:500].rstrip(b"\0").decode("utf-8") + "/" + name
+            yield name, bytes(buf[start : start + size])
+        long_name = None
+
+
+_ZERO_BLOCK = bytes(512)
+
+
+def tar_samples(src: Iterable[dict]) -> Iterator[dict]:
+    """webdataset's shard → samples step (`dict(url=...)` in, samples grouped by key out), with tar headers parsed
+    directly from a memory map: tarfile's pure-Python header parsing was half the loader's time."""
+    import mmap
+
+    for item in src:
+        url = item["url"]
+        with open(url, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            sample = None
+            for name, data in _tar_members(buf):
+                slash = name.rfind("/") + 1
+                dot = name.find(".", slash)
+                if dot < 0:
+                    continue
+                key, ext = name[:dot], name[dot + 1 :]
+                if sample is None or sample["__key__"] != key:
+                    if sample is not None:
+                        yield sample
+                    sample = {"__key__": key, "__url__": url}
+                sample[ext] = data
+            if sample is not None:
+                yield sample
+
+
 def train_dataset(shards, decoder: Decoder, batch_size: int, epoch_batches: int, buffer: int = 1000, seed: int = 0):
     """An endless-within-an-epoch stream of batches from the train split: shards resampled at random (that is the
     shard shuffle: each worker and node draws its own), a sample shuffle buffer, `epoch_batches` batches an epoch."""
     import webdataset as wds
 
-    ds = wds.WebDataset(
-        shard_urls(shards, "train"),
-        resampled=True,
-        shardshuffle=False,  # resampling already draws shards at random; wds warns when both are set
-        nodesplitter=wds.split_by_node,
-        workersplitter=wds.split_by_worker,
-        seed=seed,
-    )
-    return (
-        ds.shuffle(buffer, seed=seed)
-        .map(decoder)
-        .batched(batch_size, collation_fn=collate, partial=False)
-        .with_epoch(epoch_batches)
-    )
+    # wds.WebDataset(urls, resampled=True, nodesplitter=..., workersplitter=...) with a faster tar reader
+    return wds.DataPipeline(
+        wds.ResampledShards(shard_urls(shards, "train"), seed=seed),  # per worker seeds: each draws its own shards
+        wds.split_by_node,
+        wds.split_by_worker,
+        tar_samples,
+        wds.shuffle(buffer, seed=seed),
+        wds.map(decoder),
+        wds.batched(batch_size, collation_fn=collate, partial=False),
+    ).with_epoch(epoch_batches)
 
 
 def eval_samples(shards, decoder: Decoder, split: str = "val", limit: int | None = None):

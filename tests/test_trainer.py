@@ -172,3 +172,26 @@ def test_eval_writes_the_seed_metrics(wav2pix_run, s2f_run, shards):
     s = json.loads((s2f_run / "eval.json").read_text())
     assert set(s["recall_at_k"]) == {"1", "5", "10"} and s["landmark_detection_rate"] is None
     assert {"identity_top1", "identity_top5"} <= set(s)
+
+
+@pytest.mark.realdata
+def test_metrics_on_real_wav2pix_faces():
+    from PIL import Image
+
+    from tests.conftest import SHARED_DATA
+
+    paths = sorted((SHARED_DATA / "wav2pix-sample").glob("*/face_*.jpg"))
+    if not paths:
+        pytest.skip("../shared/data is absent")
+    # that dataset stored its crops with red and blue swapped; tight crops of 148-234 px, shown here at 64 px
+    faces = [np.asarray(Image.open(p).convert("RGB"))[:, :, ::-1] for p in paths]
+    faces = [np.asarray(Image.fromarray(np.ascontiguousarray(f)).resize((64, 64), Image.BOX)) for f in faces]
+    ids = np.array([p.parent.name for p in paths])
+    assert M.landmark_detection_rate(faces) >= 0.9
+    emb = M.embed_faces(faces)
+    hits = []
+    for i in range(len(emb)):  # each face against the centroids of the others
+        rest = np.arange(len(emb)) != i
+        names, centroids = M.identity_centroids(emb[rest], ids[rest])
+        hits.append(M.identity_topk(emb[i : i + 1], ids[i : i + 1], names, centroids)[1])
+    assert np.mean(hits) >= 0.9

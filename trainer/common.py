@@ -34,10 +34,11 @@ def cpu_threads(n: int):
         torch.set_num_threads(prev)
 
 
-def batches(make_loader):
-    """Batches forever, epoch after epoch (each epoch is `with_epoch` batches of resampled shards)."""
+def batches(dataloader):
+    """Batches forever, epoch after epoch (each epoch is `with_epoch` batches of resampled shards). The same
+    loader is iterated again, so persistent workers keep their dataset copies and draw new shards each epoch."""
     while True:
-        yield from make_loader()
+        yield from dataloader
 
 
 class CsvLog:

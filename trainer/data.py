@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -189,6 +190,23 @@ def tar_samples(src: Iterable[dict]) -> Iterator[dict]:
                 yield sample
 
 
+class Shuffle:
+    """wds.shuffle with one generator per worker (seeded by seed, rank and worker) kept across epochs: a fixed seed
+    would repeat each epoch's order, and one shared by the workers would give them the same order."""
+
+    def __init__(self, buffer: int, seed: int):
+        self.buffer, self.seed, self.rng, self.owner = buffer, seed, None, None
+
+    def __call__(self, src):
+        import webdataset as wds
+
+        rank, _, worker, workers = wds.utils.pytorch_worker_info()
+        if self.owner != (rank, worker, workers):  # a worker may inherit a generator used in the main process
+            self.owner = (rank, worker, workers)
+            self.rng = random.Random(f"{self.seed}-{rank}-{worker}-{workers}")
+        return wds.filters._shuffle(src, self.buffer, initial=min(100, self.buffer), rng=self.rng)
+
+
 def train_dataset(shards, decoder: Decoder, batch_size: int, epoch_batches: int, buffer: int = 1000, seed: int = 0):
     """An endless-within-an-epoch stream of batches from the train split: shards resampled at random (that is the
     shard shuffle: each worker and node draws its own), a sample shuffle buffer, `epoch_batches` batches an epoch."""
@@ -196,11 +214,12 @@ def train_dataset(shards, decoder: Decoder, batch_size: int, epoch_batches: int,
 
     # wds.WebDataset(urls, resampled=True, nodesplitter=..., workersplitter=...) with a faster tar reader
     return wds.DataPipeline(
-        wds.ResampledShards(shard_urls(shards, "train"), seed=seed),  # per worker seeds: each draws its own shards
+        # deterministic: seeded by (seed, worker, epoch), so each worker and epoch draws its own shards, reproducibly
+        wds.ResampledShards(shard_urls(shards, "train"), seed=seed, deterministic=True),
         wds.split_by_node,
         wds.split_by_worker,
         tar_samples,
-        wds.shuffle(buffer, seed=seed),
+        Shuffle(buffer, seed),
         wds.map(decoder),
         wds.batched(batch_size, collation_fn=collate, partial=False),
     ).with_epoch(epoch_batches)

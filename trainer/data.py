@@ -236,8 +236,11 @@ def eval_samples(shards, decoder: Decoder, split: str = "val", limit: int | None
         yield decoder(s)
 
 
-def loader(dataset, workers: int = 0):
-    """A torch DataLoader over a batched WebDataset (the pipeline batches, so batch_size=None)."""
+def loader(dataset, workers: int = 0, pin_memory: bool = False):
+    """A torch DataLoader over a batched WebDataset (the pipeline batches, so batch_size=None). Persistent workers
+    keep their pipeline state, so each epoch draws new shards and a new order."""
     from torch.utils.data import DataLoader
 
-    return DataLoader(dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
+    return DataLoader(
+        dataset, batch_size=None, num_workers=workers, persistent_workers=workers > 0, pin_memory=pin_memory
+    )

@@ -117,7 +117,11 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
     decoder = Decoder(labels, (args.feature, "feature", "face"), face_size=64)
     seed = cfg.seed + start  # a resumed run draws new samples rather than replaying the first ones
     data = batches(
-        loader(train_dataset(shards, decoder, cfg.batch_size, cfg.epoch_batches, cfg.buffer, seed), cfg.workers)
+        loader(
+            train_dataset(shards, decoder, cfg.batch_size, cfg.epoch_batches, cfg.buffer, seed),
+            cfg.workers,
+            pin_memory=device.startswith("cuda"),
+        )
     )
     log = CsvLog(run / "metrics.csv", LOSSES)
     t0, last = time.time(), {}

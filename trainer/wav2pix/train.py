@@ -114,7 +114,11 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
     decoder = Decoder(labels, ("wav", "face", "label"), face_size=args.image_size, wav_len=args.wav_len)
     seed = cfg.seed + start  # a resumed run draws new samples rather than replaying the first ones
     data = batches(
-        loader(train_dataset(shards, decoder, cfg.batch_size, cfg.epoch_batches, cfg.buffer, seed), cfg.workers)
+        loader(
+            train_dataset(shards, decoder, cfg.batch_size, cfg.epoch_batches, cfg.buffer, seed),
+            cfg.workers,
+            pin_memory=device.startswith("cuda"),
+        )
     )
     log = CsvLog(run / "metrics.csv", LOSSES)
     fixed, t0, last = None, time.time(), {}

@@ -24,7 +24,7 @@ CHANNELS ?= manifests/youtubers.csv
 RUNNER ?= thread
 ADDRESS ?=
 
-.PHONY: shards test bench bench-gpu bench-review serve review publish curate lint format setup system-deps clean
+.PHONY: shards test train eval bench bench-gpu bench-review serve review publish curate lint format setup system-deps clean
 
 ## shards: build shards (the demo with no MANIFEST; else MANIFEST=… OUT=… [MIRROR=…] [CONFIG=…]) [PRESET=wav2pix|…]
 shards: setup
@@ -46,6 +46,18 @@ test: setup
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_orchestration.py
+	$(BIN)/python benchmarks/bench_loader.py
+
+## train: MODEL=wav2pix|speech2face SHARDS=dir RUN=dir [STEPS=N] [TRAIN_CONFIG=tiny] (resumes RUN/checkpoint.pt)
+MODEL ?= wav2pix
+SHARDS ?= $(OUT)
+RUN ?= out/runs/$(MODEL)
+train: setup
+	$(BIN)/voiceface train --model $(MODEL) --shards $(SHARDS) --run $(RUN) $(if $(STEPS),--steps $(STEPS)) $(if $(TRAIN_CONFIG),--config $(TRAIN_CONFIG))
+
+## eval: the seeds' metrics for RUN on SHARDS' val split → RUN/eval.json, RUN/eval.html
+eval: setup
+	$(BIN)/voiceface eval --run $(RUN) --shards $(SHARDS)
 
 ## bench-gpu: VGG-Face faces/s per batch size and precision, fp32-vs-bf16 agreement (BENCH_ARGS=--compile)
 bench-gpu: setup
@@ -68,11 +80,11 @@ bench-review: setup
 	$(BIN)/python benchmarks/bench_review.py
 
 lint: setup
-	$(BIN)/ruff check pipeline flows tests benchmarks
-	$(BIN)/ruff format --check pipeline flows tests benchmarks
+	$(BIN)/ruff check pipeline flows trainer tests benchmarks
+	$(BIN)/ruff format --check pipeline flows trainer tests benchmarks
 
 format: setup
-	$(BIN)/ruff format pipeline flows tests benchmarks
+	$(BIN)/ruff format pipeline flows trainer tests benchmarks
 
 setup: system-deps $(STAMP)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from flows import review_cli
 from pipeline.config import PRESETS
+from trainer import cli as trainer_cli
 
 RUNNERS = ("thread", "dask")  # flows.build.RUNNERS, repeated so that --help does not import Prefect
 DEMO_MANIFEST = Path(__file__).resolve().parents[1] / "manifests" / "demo.csv"
@@ -69,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--weights", help="vgg_face_dag.pth (default: vggface.weights, else $VGGFACE_WEIGHTS)")
     v.add_argument("--force", action="store_true", help="recompute features that are already there")
     review_cli.add_commands(sub)
+    trainer_cli.add_commands(sub)
     return parser
 
 
@@ -84,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         return _vggface(args)
     if args.command in review_cli.COMMANDS:
         return review_cli.run(args)
+    if args.command in trainer_cli.COMMANDS:
+        return trainer_cli.run(args)
 
     if args.command == "demo":
         from pipeline.demo import make_demo_media

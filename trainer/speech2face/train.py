@@ -1,0 +1,185 @@
+"""Train the Speech2Face voice encoder on the train split: audio feature → face feature, L2-normalised regression.
+
+    python -m trainer.speech2face.train --shards out/demo --run out/runs/speech2face [--config tiny] [--steps N]
+
+Input: `stft.npy` (or `mel.npy` with feature=mel), computed from `wav` when the sample lacks it (a 1 s window is
+tiled to 6 s for the STFT). Target: `vggface.npy` when the shards have it, else `dlib.npy`. Writes
+RUN/metrics.csv, RUN/samples/step_XXXXXX.png (each face over the batch's face nearest to the voice's prediction)
+and RUN/checkpoint.pt; a run with a checkpoint resumes from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.common import (
+    CsvLog,
+    autocast,
+    batches,
+    cpu_threads,
+    grid,
+    load_checkpoint,
+    pick_device,
+    save_checkpoint,
+    save_png,
+)
+from trainer.data import Decoder, label_map, loader, shard_urls, train_dataset
+from trainer.speech2face.model import VoiceEncoder, VoiceEncoderArgs, normalized_l2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 50_000
+    batch_size: int = 8  # the paper's batch size
+    lr: float = 1e-3  # Adam (the paper: 0.001, decayed exponentially)
+    lr_decay: float = 0.95  # per 10,000 steps
+    betas: tuple[float, float] = (0.5, 0.9999)  # as in the paper
+    buffer: int = 2000  # sample shuffle buffer
+    epoch_batches: int = 1000  # batches per with_epoch "epoch" of resampled shards
+    workers: int = 4  # DataLoader workers (the STFT is computed in them when the shards lack stft.npy)
+    sample_every: int = 1000  # steps between retrieval grids
+    ckpt_every: int = 1000  # steps between checkpoints (and at the end)
+    seed: int = 1337
+    device: str = "auto"  # cuda when there is one; bf16 autocast there
+    threads: int = 0  # torch CPU threads (0: torch's default)
+    model: VoiceEncoderArgs = field(default_factory=VoiceEncoderArgs)
+
+
+CONFIGS = {
+    "default": TrainConfig(),
+    # debug on a laptop: seconds on CPU
+    "tiny": TrainConfig(
+        steps=40,
+        batch_size=8,
+        buffer=64,
+        epoch_batches=50,
+        workers=0,
+        threads=1,  # tiny ops gain nothing from more threads; on a busy machine OpenMP's waits cost 20x
+        sample_every=20,
+        ckpt_every=20,
+        model=VoiceEncoderArgs(channels=(8, 16, 16, 32), hidden=256),
+    ),
+}
+
+LOSSES = ["loss", "cosine", "lr"]
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    d = dict(d)
+    m = dict(d.pop("model"))
+    m["channels"] = tuple(m["channels"])
+    return TrainConfig(**{**d, "betas": tuple(d["betas"])}, model=VoiceEncoderArgs(**m))
+
+
+def target_dim(shards) -> int:
+    """The face feature's size in the train shards: 4096 (vggface.npy) or 128 (dlib.npy)."""
+    import webdataset as wds
+
+    from trainer.data import face_feature
+
+    s = next(iter(wds.WebDataset(shard_urls(shards, "train")[:1], shardshuffle=False, empty_check=False)))
+    return int(face_feature(s).shape[0])
+
+
+def train(shards, run, cfg: TrainConfig = CONFIGS["default"], resume: bool = True) -> dict:
+    """Train (or resume) in RUN; returns the last step's losses."""
+    with cpu_threads(cfg.threads):
+        return _train(shards, run, cfg, resume)
+
+
+def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run / "checkpoint.pt"
+    device = pick_device(cfg.device)
+    ck = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
+    if ck is not None:
+        labels, args, start = ck["labels"], VoiceEncoderArgs(**ck["model_args"]), ck["step"]
+    else:
+        labels, start = label_map(shards), 0
+        args = dataclasses.replace(cfg.model, out_dim=target_dim(shards))
+    torch.manual_seed(cfg.seed + start)
+    model = VoiceEncoder(args).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_decay ** (s / 10_000))
+    if ck is not None:
+        model.load_state_dict(ck["state"])
+        opt.load_state_dict(ck["opt"])
+        sched.load_state_dict(ck["sched"])
+        print(f"resuming {ckpt_path} at step {start}")
+
+    decoder = Decoder(labels, (args.feature, "feature", "face"), face_size=64)
+    seed = cfg.seed + start  # a resumed run draws new samples rather than replaying the first ones
+    data = batches(
+        loader(
+            train_dataset(shards, decoder, cfg.batch_size, cfg.epoch_batches, cfg.buffer, seed),
+            cfg.workers,
+            pin_memory=device.startswith("cuda"),
+        )
+    )
+    log = CsvLog(run / "metrics.csv", LOSSES)
+    t0, last = time.time(), {}
+    model.train()
+    for step in range(start, cfg.steps):
+        b = next(data)
+        x, target = b[args.feature].to(device, non_blocking=True), b["feature"].to(device, non_blocking=True)
+        with autocast(device):
+            pred = model(x)
+        loss = normalized_l2(pred, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            cos = torch.nn.functional.cosine_similarity(pred.float(), target.float()).mean()
+        last = dict(loss=float(loss.detach()), cosine=float(cos), lr=sched.get_last_lr()[0])
+        log.log(step + 1, last)
+        done = step + 1
+        if done % 50 == 0 or done == cfg.steps:
+            rate = (done - start) * cfg.batch_size / (time.time() - t0)
+            print(f"step {done}: loss {last['loss']:.4f} cosine {last['cosine']:.4f} ({rate:.0f} samples/s)")
+        if done % cfg.sample_every == 0 or done == cfg.steps:
+            # each face over the batch's face whose feature is nearest to the voice's prediction
+            sim = (
+                torch.nn.functional.normalize(pred.float(), dim=1)
+                @ torch.nn.functional.normalize(target.float(), dim=1).T
+            )
+            faces = b["face"].permute(0, 2, 3, 1).numpy()
+            picked = faces[sim.argmax(1).cpu().numpy()]
+            save_png(run / "samples" / f"step_{done:06d}.png", grid(np.concatenate([faces, picked])))
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            buf = dict(
+                model="speech2face",
+                model_args=asdict(args),
+                config=asdict(cfg),
+                step=done,
+                state=model.state_dict(),
+                opt=opt.state_dict(),
+                sched=sched.state_dict(),
+                labels=labels,
+            )
+            save_checkpoint(ckpt_path, buf)
+    log.close()
+    return last
+
+
+def load_model(path, device: str = "cpu") -> tuple[VoiceEncoder, dict]:
+    """A trained voice encoder (eval mode) and its checkpoint dict."""
+    ck = load_checkpoint(path, device)
+    model = VoiceEncoder(VoiceEncoderArgs(**ck["model_args"])).to(device)
+    model.load_state_dict(ck["state"])
+    return model.eval(), ck
+
+
+if __name__ == "__main__":
+    import sys
+
+    from trainer.cli import main
+
+    raise SystemExit(main(["train", "--model", "speech2face", *sys.argv[1:]]))

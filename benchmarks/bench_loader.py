@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,11 +24,13 @@ OUT = ROOT / "out" / "bench" / "loader"
 
 
 def demo_shards() -> Path:
-    demo = ROOT / "out" / "demo"
+    """The demo built with the wav2pix preset, as a Wav2Pix user would train on it (its samples carry the 64 and
+    128 px faces, so the loader need not shrink the 224 px crop)."""
+    demo = ROOT / "out" / "bench" / "demo-wav2pix"
     if not (demo / "shards").is_dir():
-        from flows.cli import main
-
-        main(["demo", "--out", str(demo), "--media", str(ROOT / "out" / "demo-media")])
+        # in a child process: Prefect's threads and temporary server in this one would break forked loader workers
+        cmd = [sys.executable, "-m", "flows.cli", "demo", "--preset", "wav2pix", "--out", str(demo)]
+        subprocess.run([*cmd, "--media", str(ROOT / "out" / "demo-media")], check=True, cwd=ROOT)
     return demo
 
 
@@ -35,9 +38,9 @@ def synthetic_shards(n_shards: int = 8, per_shard: int = 500) -> Path:
     """Demo samples copied under new keys into n_shards train shards (written once)."""
     import webdataset as wds
 
-    d = OUT / "shards"
+    d = OUT / "wav2pix" / "shards"
     if len(list(d.glob("train-*.tar"))) == n_shards:
-        return OUT
+        return d.parent
     d.mkdir(parents=True, exist_ok=True)
     urls = sorted(str(p) for p in (demo_shards() / "shards").glob("*.tar"))
     src = [s for s in wds.WebDataset(urls, shardshuffle=False) if "dlib.npy" in s]
@@ -46,7 +49,7 @@ def synthetic_shards(n_shards: int = 8, per_shard: int = 500) -> Path:
             for j in range(per_shard):
                 s = src[(i * per_shard + j) % len(src)]
                 w.write({k: v for k, v in s.items() if not k.startswith("__")} | {"__key__": f"bench{i}-{j:05d}"})
-    return OUT
+    return d.parent
 
 
 def rate(shards: Path, fields, workers: int, batches: int, batch_size: int = 64, cpu: bool = False) -> float:
@@ -71,7 +74,7 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=100, help="batches of 64 timed per setting")
     args = ap.parse_args()
     shards = synthetic_shards()
-    print("trainer loader, batches of 64 from 8 resampled shards of 500 (copies of the demo's samples)")
+    print("trainer loader, batches of 64 from 8 resampled shards of 500 (copies of the wav2pix-preset demo's samples)")
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs (wall-clock figures share them)")
     print(f"{'input':34s} {'workers':>7s} {'samples/s':>10s} {'per worker':>11s}")
     for name, fields, batches in (

@@ -108,7 +108,9 @@ class Decoder:
             if f == "wav":
                 out["wav"] = fit_length(decode_wav(sample["wav"]), self.wav_len).astype(np.float32) / 32768.0
             elif f == "face":
-                out["face"] = decode_face(sample["jpg"], self.face_size)
+                # the wav2pix preset stores faces at 64 and 128 px: decoding one is far cheaper than shrinking the crop
+                jpg = sample.get(f"face{self.face_size}.jpg") or sample["jpg"]
+                out["face"] = decode_face(jpg, self.face_size)
             elif f == "dlib":
                 out["dlib"] = np.load(io.BytesIO(sample["dlib.npy"])).astype(np.float32)
             elif f in ("stft", "mel"):

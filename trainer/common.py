@@ -3,12 +3,30 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def dataclass_from_dict(cls, d: dict):
+    """A (frozen) dataclass back from `asdict()` output, e.g. a checkpoint's config: nested dataclass fields are
+    rebuilt and lists become tuples again, so the result equals the original."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in d:
+            continue
+        value = d[f.name]
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = dataclass_from_dict(type(default), value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 def pick_device(name: str = "auto") -> str:

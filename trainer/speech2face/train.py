@@ -23,6 +23,7 @@ from trainer.common import (
     autocast,
     batches,
     cpu_threads,
+    dataclass_from_dict,
     grid,
     load_checkpoint,
     pick_device,
@@ -71,10 +72,8 @@ LOSSES = ["loss", "cosine", "lr"]
 
 
 def config_from_dict(d: dict) -> TrainConfig:
-    d = dict(d)
-    m = dict(d.pop("model"))
-    m["channels"] = tuple(m["channels"])
-    return TrainConfig(**{**d, "betas": tuple(d["betas"])}, model=VoiceEncoderArgs(**m))
+    """The TrainConfig a checkpoint stored (as a dict)."""
+    return dataclass_from_dict(TrainConfig, d)
 
 
 def target_dim(shards) -> int:

@@ -22,6 +22,7 @@ from trainer.common import (
     autocast,
     batches,
     cpu_threads,
+    dataclass_from_dict,
     grid,
     load_checkpoint,
     pick_device,
@@ -73,10 +74,8 @@ LOSSES = ["d_loss", "d_adv", "d_id", "g_loss", "g_adv", "g_id"]
 
 
 def config_from_dict(d: dict) -> TrainConfig:
-    d = dict(d)
-    m = dict(d.pop("model"))
-    m["enc_channels"] = tuple(m["enc_channels"])
-    return TrainConfig(**{**d, "betas": tuple(d["betas"])}, model=Wav2PixArgs(**m))
+    """The TrainConfig a checkpoint stored (as a dict)."""
+    return dataclass_from_dict(TrainConfig, d)
 
 
 def _lsgan(score: torch.Tensor, target: float) -> torch.Tensor:

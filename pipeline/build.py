@@ -244,6 +244,7 @@ def summarise(
         **run,
         "reasons": dict(report.reasons.most_common()),
         "window_rejections": dict(report.window_reasons.most_common()),
+        "window_flags": dict(report.window_flags.most_common()),
         "funnel": dict(report.funnel_rows()),
         "samples": sum(c["samples"] for c in counts.values()),
         "shards": {split: c["shards"] for split, c in sorted(counts.items())},
@@ -258,6 +259,7 @@ def summarise(
 def format_summary(summary: dict) -> str:
     reasons = ", ".join(f"{k}={v}" for k, v in summary["reasons"].items()) or "none"
     windows = ", ".join(f"{k}={v}" for k, v in summary["window_rejections"].items()) or "none"
+    flags = ", ".join(f"{k}={v}" for k, v in summary.get("window_flags", {}).items()) or "none"
     shards = ", ".join(f"{k}={v}" for k, v in summary["shards"].items()) or "none"
     s = summary
     review = ""
@@ -274,6 +276,7 @@ def format_summary(summary: dict) -> str:
         f"of {s['manifest_rows']} rows{runs}\n"
         f"clip reasons: {reasons}\n"
         f"window rejections: {windows}\n"
+        f"windows flagged (kept): {flags}\n"
         f"samples: {summary['samples']} in shards {shards}\n"
         f"{review}"
         f"seconds: {summary['seconds']}"

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from . import PIPELINE_VERSION, quality
+from .avsync import AVSyncTracker
 from .config import SAMPLE_RATE, Config
 from .faces import Face, SpeakerTracker, embed_faces
 from .features import log_mel, speech2face_stft, tile_to
@@ -145,6 +146,7 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         raise ClipError(Reason.CORRUPT_MEDIA, f"decoded {got_s:.2f}s of audio where {expected_s:.2f}s were expected")
 
     W = cfg.speech.window_samples
+    clip_audio = audio  # the audio as the video has it (before any tiling), for the AV-sync score
     windows, n_cut = speech_windows(audio, cfg.speech)
     tiled_from = None
     if n_cut == 0 and cfg.extras.tile_short and len(audio) >= W // 16:
@@ -180,6 +182,7 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
     seen: set[int] = set()  # windows whose frame(s) were decoded
     done: set[int] = set()  # ... and that have a face passing the filters
     last_reason: dict[int, str] = {}
+    flags: Counter[str] = Counter()  # written windows that carry a flag (av_unsynced)
     ex = cfg.extras
     if ex.first_good_face:  # frames every step over the window's first span; the first good face is used
         step, first = ex.first_face_step_s, 1e-3  # a grid time just after 0 selects the window's first frame
@@ -187,9 +190,28 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
     else:  # the frame at the window's centre
         step, first, n_frames = period_s, period_s / 2, n_cut
 
+    av = None
+    if cfg.filters.av_sync:
+        av = AVSyncTracker(cfg.filters, clip_audio, file_start_s, tracker.models.landmarks68)
+
+    def synced(ready):
+        """Face items whose AV-sync score is in: measures added; rejected when so configured."""
+        for item, score in ready:
+            win, _, _, m = item
+            m.update(score)
+            if score["av_unsynced"] and cfg.filters.reject_av_unsynced:
+                rejections[str(Reason.AV_UNSYNCED)] += 1
+                continue
+            yield item
+
     def faces():
-        frames = decode_frames_on_grid(src.path, info, file_start_s, first, step, n_frames)
+        context = cfg.filters.av_sync_span_s if av else 0.0
+        frames = decode_frames_on_grid(src.path, info, file_start_s, first, step, n_frames, context)
         for frame in frames:
+            if av:
+                yield from synced(av.push(frame.time, frame.rgb))
+                if not frame.on_grid:
+                    continue
             if ex.first_good_face:
                 t = frame.index * step
                 k = int(round(t * SAMPLE_RATE)) // W
@@ -211,7 +233,13 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
                 continue
             done.add(k)
             choices[face.choice] += 1
-            yield win, frame.time, face, {**measures[k], **m}
+            item = (win, frame.time, face, {**measures[k], **m})
+            if av:
+                av.start(item, frame.time, face.bbox)
+            else:
+                yield item
+        if av:
+            yield from synced(av.finish())
 
     def samples():
         pending: list[tuple] = []  # faces wait here to be embedded in one batch
@@ -248,7 +276,20 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
             yield sample
 
     ctx.clip_tar(clip.clip_id).parent.mkdir(parents=True, exist_ok=True)
-    written = write_clip_tar(ctx.clip_tar(clip.clip_id), checked(), cfg.shards.mtime)
+    sync_scores: list[float] = []
+
+    def flagged(samples):
+        """Count the written samples that carry a flag, and gather their AV-sync scores."""
+        for sample in samples:
+            if av:
+                meta = json.loads(sample["json"])
+                if meta["av_sync"] is not None:
+                    sync_scores.append(meta["av_sync"])
+                if meta["av_unsynced"]:
+                    flags[str(Reason.AV_UNSYNCED)] += 1
+            yield sample
+
+    written = write_clip_tar(ctx.clip_tar(clip.clip_id), flagged(checked()), cfg.shards.mtime)
     for k in seen - done:
         rejections[last_reason[k]] += 1
     missing = len(windows) - len(seen)
@@ -264,6 +305,8 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         windows_written=written,
         windows_total=n_cut,
         window_rejections=dict(sorted(rejections.items())),
+        window_flags=dict(sorted(flags.items())),
+        av_sync=round(float(np.median(sync_scores)), 3) if sync_scores else None,
         speaker_choice=choice,
         detail=f"{written} of {n_cut} windows written ({src.kind} source)",
     )

@@ -96,6 +96,12 @@ class FilterConfig:
     # distances of one person stay under ~0.4; dlib calls two photos the same person under 0.6)
     min_identity_windows: int = 3  # clips with fewer embedded windows get no identity check
     leakage_distance: float = 0.4  # identities of two splits whose mean faces are closer: reported as leakage
+    av_sync: bool = True  # score each window's AV sync (pipeline/avsync.py); it decodes the frames around the face
+    av_sync_span_s: float = 1.0  # ... over the frames within this span centred on the face frame (25 at 25 fps)
+    av_sync_max_lag_s: float = 0.04  # ... trying audio lags up to this either way (about one frame)
+    min_av_sync: float = 0.35  # a score (Pearson r, mouth opening vs loudness) below this flags the window av_unsynced
+    min_mouth_motion: float = 0.005  # std of the mouth opening (in eye distances) below this: a still mouth, score 0
+    reject_av_unsynced: bool = False  # flagged windows are kept (marked in their json) unless this is on
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,7 @@ class ReviewConfig:
     min_speech_ratio: float = 0.6  # the build keeps >= speech.min_speech_ratio; the band up to this is borderline
     max_identity_distance: float = 0.6  # dlib distance to the identity's medoid (dlib's same-person tolerance)
     min_identity_windows: int = 5  # identities with fewer embedded windows get no outlier check
+    queue_av_unsynced: bool = False  # queue windows flagged av_unsynced (off: on in-the-wild video most would be)
     page_size: int = 50  # cards per page
 
 

@@ -39,6 +39,15 @@ class DlibModels:
         self.detector = dlib.get_frontal_face_detector()
         self.predictor = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
         self.encoder = dlib.face_recognition_model_v1(frm.face_recognition_model_location())
+        self._frm = frm
+        self._predictor68 = None
+
+    def landmarks68(self, rgb: np.ndarray, box: Box) -> np.ndarray:
+        """dlib's 68 landmarks of the face in `box` (the model is loaded on first use: only AV sync needs it)."""
+        if self._predictor68 is None:
+            self._predictor68 = self.dlib.shape_predictor(self._frm.pose_predictor_model_location())
+        shape = self._predictor68(rgb, self.dlib.rectangle(*box))
+        return np.array([[shape.part(i).x, shape.part(i).y] for i in range(68)], dtype=np.float64)
 
     @classmethod
     def get(cls) -> DlibModels:

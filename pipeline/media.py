@@ -114,28 +114,38 @@ _PTS_RE = re.compile(rb"\bn:\s*(\d+)\s+pts:\s*-?\d+\s+pts_time:(-?[0-9.e+-]+)")
 
 @dataclass(frozen=True)
 class DecodedFrame:
-    index: int  # grid slot (window index)
+    index: int  # grid slot (window index); for a context frame, the nearest slot
     time: float  # the frame's own time, seconds on the file's timeline
     rgb: np.ndarray  # (H, W, 3) uint8, RGB
+    on_grid: bool = True  # the frame shown at the slot's grid time (False: a context frame near it)
 
 
 def decode_frames_on_grid(
-    path: Path, info: MediaInfo, start_s: float, first_s: float, period_s: float, count: int
+    path: Path, info: MediaInfo, start_s: float, first_s: float, period_s: float, count: int, context_s: float = 0.0
 ) -> Iterator[DecodedFrame]:
     """The frames shown at times start_s + first_s + k*period_s, k < count, from one ffmpeg process.
 
     ffmpeg's select filter keeps the frame whose display interval [t, t + 1/fps) holds a grid time,
     and showinfo reports its exact pts, so nothing drifts and only the selected frames reach Python.
+    With `context_s` > 0 every frame whose middle lies within context_s/2 of a grid time comes too, in time
+    order, marked on_grid=False (the AV-sync score reads the mouth over them).
     """
     if count <= 0:
         return
     d = 1.0 / (info.fps or 25.0)
-    c0, p = first_s, period_s
-    sel = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{c0 + (count - 0.5) * p:.9f})"
+    c0, p, h = first_s, period_s, context_s / 2
+    on_grid_end = c0 + (count - 0.5) * p
+    sel = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{on_grid_end:.9f})"
+    end = c0 + count * p + d
+    if h > 0:
+        m = f"(t+{d / 2:.9f}-{c0:.9f})"  # the frame's middle, from the first grid time
+        near = f"lt(abs({m}-{p:.9f}*round({m}/{p:.9f})),{h:.9f})*gte({m},-{h:.9f})*lt({m},{(count - 1) * p + h:.9f})"
+        sel = f"max({sel},{near})"
+        end = max(end, c0 + (count - 1) * p + h + d)
     cmd = [
         # one decoder thread: clips run in parallel already, and frame threading costs CPU time for nothing
         "ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-threads", "1", "-ss", f"{start_s:.6f}", "-i", str(path),
-        "-t", f"{c0 + count * p + d:.6f}", "-map", "0:v:0", "-an", "-sn",
+        "-t", f"{end:.6f}", "-map", "0:v:0", "-an", "-sn",
         "-vf", f"select='{sel}',showinfo", "-fps_mode", "passthrough",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
     ]  # fmt: skip
@@ -173,8 +183,11 @@ def decode_frames_on_grid(
             if t != t:  # NaN: showinfo line missing; cannot place the frame
                 break
             k = int(np.floor((t + d - c0) / p))
+            on_grid = k > np.floor((t - c0) / p) and t < on_grid_end
+            if not on_grid:
+                k = int(np.round((t + d / 2 - c0) / p))
             rgb = np.frombuffer(buf, dtype=np.uint8).reshape(info.height, info.width, 3)
-            yield DecodedFrame(k, start_s + t, rgb)
+            yield DecodedFrame(k, start_s + t, rgb, bool(on_grid))
     finally:
         if proc.poll() is None:
             proc.kill()

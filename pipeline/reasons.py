@@ -39,6 +39,7 @@ class Reason(StrEnum):
     BAD_POSE = "bad_pose"  # yaw or pitch from the 5 landmarks too large
     FACE_OUT_OF_FRAME = "face_out_of_frame"
     IDENTITY_MISMATCH = "identity_mismatch"  # far from the clip's medoid face: a cutaway or another person
+    AV_UNSYNCED = "av_unsynced"  # the mouth does not move with the speech (only with filters.reject_av_unsynced)
     # a bug: caught once, in the clip runner, so one clip never stops a run
     INTERNAL_ERROR = "internal_error"
     # review (an ok clip none of whose windows is in the shards after review)
@@ -77,4 +78,5 @@ class QueueReason(StrEnum):
     BLURRY = "blurry"
     LOW_SPEECH_RATIO = "low_speech_ratio"
     IDENTITY_OUTLIER = "identity_outlier"  # far from the identity's medoid embedding: maybe someone else
+    AV_UNSYNCED = "av_unsynced"  # flagged by the AV-sync score: maybe not the speaker (review.queue_av_unsynced)
     REQUESTED = "requested"  # a reviewer queued its clip or identity

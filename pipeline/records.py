@@ -58,6 +58,8 @@ class ClipStatus:
     split: str | None = None
     windows_total: int = 0  # windows cut from the clip's audio
     window_rejections: dict[str, int] = field(default_factory=dict)  # reason -> count
+    window_flags: dict[str, int] = field(default_factory=dict)  # flag -> windows flagged (av_unsynced)
+    av_sync: float | None = None  # median AV-sync score of the written windows: is the kept face the speaker?
     speaker_choice: str | None = None  # "hint" or "largest" when several faces were seen
     cache_key: str | None = None  # clip config hash + pipeline version that produced it
     seconds: float = 0.0

@@ -28,8 +28,10 @@ WINDOW_STAGES = [
     ("faces", FACE_WINDOW_REASONS),
     ("good faces", {Reason.LOW_FACE_SCORE, Reason.BLURRY, Reason.BAD_POSE, Reason.FACE_OUT_OF_FRAME}),
     ("same identity", {Reason.IDENTITY_MISMATCH}),
+    ("in sync", {Reason.AV_UNSYNCED}),  # only when filters.reject_av_unsynced; otherwise flagged and kept
 ]
 SPEECH_BINS = 10  # speech ratio histogram over [0, 1]
+SYNC_BINS = 10  # AV-sync score histogram over [-1, 1]
 FACE_BIN_PX = 32  # face width histogram bin
 THUMB_PX = 64
 
@@ -45,10 +47,12 @@ class RunReport:
     funnel: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)
     window_reasons: Counter = field(default_factory=Counter)
+    window_flags: Counter = field(default_factory=Counter)  # written windows flagged (kept)
     examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     identities: dict[str, list] = field(default_factory=dict)  # identity -> [split, clips ok, samples, seconds]
     speech_hist: Counter = field(default_factory=Counter)
     face_hist: Counter = field(default_factory=Counter)
+    sync_hist: Counter = field(default_factory=Counter)
     thumbs: dict[str, list[bytes]] = field(default_factory=dict)
     max_leakage_identities: int = 20000  # identities per split whose mean face enters the leakage check
     faces: dict[str, dict[str, list]] = field(default_factory=dict)  # split -> identity -> [sum of embeddings, n]
@@ -72,6 +76,7 @@ class RunReport:
             return
         self.funnel["decoded"] += 1
         self.window_reasons.update(s.window_rejections)
+        self.window_flags.update(s.window_flags)
         left = s.windows_total - s.window_rejections.get(Reason.NO_SPEECH, 0)
         self.funnel["windows"] += s.windows_total
         self.funnel["speech windows"] += left
@@ -91,6 +96,8 @@ class RunReport:
         row[3] += meta["window_end"] - meta["window_start"]
         self.speech_hist[min(int(meta["speech_ratio"] * SPEECH_BINS), SPEECH_BINS - 1)] += 1
         self.face_hist[int(meta["face_px"]) // FACE_BIN_PX] += 1
+        if meta.get("av_sync") is not None:
+            self.sync_hist[min(int((meta["av_sync"] + 1) / 2 * SYNC_BINS), SYNC_BINS - 1)] += 1
         thumbs = self.thumbs.get(identity)
         if thumbs is None and len(self.thumbs) < self.max_mosaics:
             thumbs = self.thumbs[identity] = []
@@ -146,6 +153,7 @@ class RunReport:
         return {
             "speech_hist": dict(self.speech_hist),
             "face_hist": dict(self.face_hist),
+            "sync_hist": dict(self.sync_hist),
             "samples": {i: [v[0], v[2], v[3]] for i, v in self.identities.items() if v[2]},
             "thumbs": {i: [base64.b64encode(t).decode() for t in ts] for i, ts in self.thumbs.items()},
             "leakage": self.leakage,
@@ -154,6 +162,7 @@ class RunReport:
     def restore_sample_state(self, state: dict) -> None:
         self.speech_hist.update({int(k): v for k, v in state["speech_hist"].items()})
         self.face_hist.update({int(k): v for k, v in state["face_hist"].items()})
+        self.sync_hist.update({int(k): v for k, v in state.get("sync_hist", {}).items()})
         for identity, (split, n, seconds) in state["samples"].items():
             row = self.identities.setdefault(identity, [split, 0, 0, 0.0])
             row[2] += n
@@ -173,6 +182,7 @@ class RunReport:
         """A short summary with the funnel (a Prefect markdown artifact)."""
         lines = ["# voiceface build", "", "| stage | count |", "|---|---|"]
         lines += [f"| {stage} | {n} |" for stage, n in self.funnel_rows()]
+        lines += [f"| flagged {flag} (kept) | {n} |" for flag, n in self.window_flags.most_common()]
         lines += ["", "| rejection reason | clips |", "|---|---|"]
         lines += [f"| {r} | {n} |" for r, n in self.reasons.most_common()]
         lines += ["", f"samples: {summary['samples']}, shards: {summary['shards']}, seconds: {summary['seconds']}"]
@@ -204,6 +214,12 @@ class RunReport:
             )
             or "<tr><td colspan=2>none</td></tr>"
         )
+        flag_rows = (
+            "".join(
+                f"<tr><td><code>{e(r)}</code></td><td class=n>{n}</td></tr>" for r, n in self.window_flags.most_common()
+            )
+            or "<tr><td colspan=2>none</td></tr>"
+        )
         ids = sorted(self.identities.items(), key=lambda kv: (-kv[1][2], kv[0]))
         id_rows = (
             "".join(
@@ -221,6 +237,8 @@ class RunReport:
         face_svg = _histogram(
             [self.face_hist[i] for i in range(face_max + 1)], [str(i * FACE_BIN_PX) for i in range(face_max + 1)]
         )
+        sync_labels = [f"{-1 + 2 * i / SYNC_BINS:.1f}" for i in range(SYNC_BINS)]
+        sync_svg = _histogram([self.sync_hist[i] for i in range(SYNC_BINS)], sync_labels)
         mosaics = (
             "".join(
                 f"<div class=mosaic><h3>{e(str(i))}</h3>"
@@ -251,8 +269,11 @@ New {summary.get("clips_new", 0)}, cached {summary.get("clips_cached", 0)}, redo
 <h2>Clip rejections and failures</h2>
 <table><tr><th>reason</th><th>clips</th><th>examples</th></tr>{reason_rows}</table>
 <h2>Window rejections</h2><table><tr><th>reason</th><th>windows</th></tr>{window_rows}</table>
+<h2>Written windows flagged for a person or a trainer to weigh</h2>
+<table><tr><th>flag</th><th>windows</th></tr>{flag_rows}</table>
 <h2>Distributions of written windows</h2>
 <div class=hist><h3>speech ratio</h3>{speech_svg}</div><div class=hist><h3>face width (px)</h3>{face_svg}</div>
+<div class=hist><h3>AV-sync score</h3>{sync_svg}</div>
 {self._leakage_html()}
 <h2>Identities</h2>
 <table><tr><th>identity</th><th>split</th><th>clips</th><th>samples</th><th>seconds</th></tr>{id_rows}</table>

@@ -61,6 +61,7 @@ CHECKS: list[tuple[QueueReason, Check]] = [
     (QueueReason.BLURRY, lambda m, c: m.get("sharpness", np.inf) < c.min_sharpness),
     (QueueReason.LOW_SPEECH_RATIO, lambda m, c: m.get("speech_ratio", np.inf) < c.min_speech_ratio),
     (QueueReason.IDENTITY_OUTLIER, lambda m, c: m.get("identity_distance", -np.inf) > c.max_identity_distance),
+    (QueueReason.AV_UNSYNCED, lambda m, c: c.queue_av_unsynced and m.get("av_unsynced") is True),
 ]
 
 
@@ -89,6 +90,8 @@ def _describe(reason: str, m: dict, cfg: ReviewConfig) -> str:
             return f"speech {m['speech_ratio']:.0%} < {cfg.min_speech_ratio:.0%}"
         case QueueReason.IDENTITY_OUTLIER:
             return f"{m['identity_distance']:.2f} from identity medoid > {cfg.max_identity_distance}"
+        case QueueReason.AV_UNSYNCED:
+            return f"AV sync {m['av_sync']:.2f}: the mouth barely follows the speech"
         case QueueReason.REQUESTED:
             return "queued by a reviewer"
     return reason
@@ -122,7 +125,9 @@ def scan_clip(clip: QueueClip) -> tuple[list[ItemRow], dict[str, bytes]]:
         if "json" not in d:
             continue
         meta = json.loads(d["json"])
-        metrics = {k: meta[k] for k in ("det_score", "face_px", "speech_ratio", "rms_dbfs") if k in meta}
+        metrics = {k: meta[k] for k in ("det_score", "face_px", "speech_ratio", "rms_dbfs", "av_sync") if k in meta}
+        if "av_unsynced" in meta:
+            metrics["av_unsynced"] = meta["av_unsynced"]
         if "jpg" in d:
             metrics["sharpness"] = round(sharpness(d["jpg"]), 2)
         if "dlib.npy" in d:

@@ -143,3 +143,100 @@ def silence_wav(path: Path, seconds: float, rate: int = 16000) -> Path:
         check=True,
     )  # fmt: skip
     return path
+
+
+def wav_envelope(path: Path, times: np.ndarray) -> np.ndarray:
+    """Loudness of a 16-bit WAV at `times` (seconds, wrapping past its end as ffmpeg's -stream_loop does),
+    scaled to [0, 1] between its 10th and 95th percentile levels: how far a speaker's mouth would be open."""
+    import wave
+
+    with wave.open(str(path)) as w:
+        rate, n = w.getframerate(), w.getnframes()
+        x = np.frombuffer(w.readframes(n), np.int16).reshape(-1, w.getnchannels())[:, 0].astype(np.float64)
+    csum = np.concatenate([[0.0], np.cumsum(x * x)])
+    half = int(0.02 * rate)
+    c = (np.round(times * rate).astype(np.int64)) % len(x)
+    lo, hi = np.clip(c - half, 0, len(x)), np.clip(c + half, 0, len(x))
+    db = 10 * np.log10((csum[hi] - csum[lo]) / np.maximum(hi - lo, 1) + 1.0)
+    floor, peak = np.percentile(db, 10), np.percentile(db, 95)
+    level = np.clip((db - floor) / max(peak - floor, 1e-6), 0, 1)
+    return np.convolve(np.pad(level, 1, mode="edge"), np.ones(3) / 3, mode="valid")  # a mouth is not instant
+
+
+def open_mouth(image: np.ndarray, landmarks68: np.ndarray, gap_px: float) -> np.ndarray:
+    """The photo with its jaw dropped by `gap_px`: everything below the lips' meeting line, between the mouth
+    corners and down past the chin, moves down (fading out sideways and below), and the gap is the mouth's dark."""
+    if gap_px < 0.5:
+        return image
+    p = np.asarray(landmarks68, dtype=np.float64)
+    h, w = image.shape[:2]
+    (mx0, _), (mx1, _) = p[48], p[54]
+    my = p[[61, 62, 63, 65, 66, 67], 1].mean()
+    chin = p[8, 1]
+    cx, half = (mx0 + mx1) / 2, (mx1 - mx0) / 2
+    x0, x1 = max(0, int(cx - 1.4 * half)), min(w, int(cx + 1.4 * half) + 1)
+    y0, y1 = max(0, int(my)), min(h, int(chin + 0.7 * (chin - my)) + 1)
+    ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float64)
+    wx = np.clip(1 - ((xs - cx) / (1.4 * half)) ** 2, 0, 1)
+    wy = np.clip(1 - (ys - chin) / (0.7 * (chin - my)), 0, 1)
+    sy = ys - gap_px * wx * wy
+    out = image.copy()
+    patch = image[np.clip(np.round(sy).astype(int), 0, h - 1), xs.astype(int)]
+    gap = (sy < my) & (wx > 0.05)
+    patch[gap] = (70, 28, 34)
+    out[y0:y1, x0:x1] = patch
+    return out
+
+
+def speaking_head(
+    out: Path,
+    photo: Photo,
+    audio: Path,
+    seconds: float,
+    mouth_audio: Path | None = None,
+    mouth_offset_s: float = 0.0,
+    face_px: int = 150,
+    size: tuple[int, int] = (854, 480),
+    fps: int = 25,
+) -> Path:
+    """Encode an mp4 of `photo` speaking `audio` (looped): its mouth opens with the loudness of `mouth_audio`
+    (default: the same audio, so it is in sync) read `mouth_offset_s` later. A different sound or an offset
+    gives a face whose mouth moves out of sync with what is heard, the case the AV-sync score must flag."""
+
+    from .faces import DlibModels
+
+    w, h = size
+    l, t, r, b = photo.face_box
+    scale = face_px / (r - l)
+    img = Image.fromarray(photo.image)
+    img = np.asarray(img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS))
+    box = [round(v * scale) for v in photo.face_box]
+    shape = DlibModels.get().landmarks68(img, box)
+    times = np.arange(int(round(seconds * fps))) / fps
+    level = wav_envelope(mouth_audio or audio, times + mouth_offset_s)
+    max_gap = 0.09 * face_px
+    # the photo's face goes to the frame's centre; the photo is cropped to the frame
+    ox, oy = w // 2 - (box[0] + box[2]) // 2, h // 2 - (box[1] + box[3]) // 2
+    sx0, sy0 = max(0, -ox), max(0, -oy)
+    sx1, sy1 = min(img.shape[1], w - ox), min(img.shape[0], h - oy)
+    background = np.full((h, w, 3), (58, 68, 80), np.uint8)
+    cmd = [
+        "ffmpeg", "-nostdin", "-y", "-v", "error",
+        "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
+        "-stream_loop", "-1", "-i", str(audio),
+        "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "96k", "-ar", "44100",
+        "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
+        "-t", f"{seconds}", "-movflags", "+faststart", str(out),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
+    try:
+        for gap in level * max_gap:
+            frame = background.copy()
+            face = open_mouth(img, shape, gap)
+            frame[sy0 + oy : sy1 + oy, sx0 + ox : sx1 + ox] = face[sy0:sy1, sx0:sx1]
+            proc.stdin.write(frame.tobytes())  # type: ignore[union-attr]
+    finally:
+        proc.stdin.close()  # type: ignore[union-attr]
+        if proc.wait() != 0:
+            raise RuntimeError(f"ffmpeg could not encode {out}")
+    return out

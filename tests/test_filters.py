@@ -125,12 +125,15 @@ def test_the_funnel_counts_every_filter():
 
     r = RunReport()
     rejections = {"no_speech": 1, "clipping": 1, "low_snr": 1, "no_face": 1, "blurry": 1, "bad_pose": 1,
-                  "low_face_score": 1, "face_out_of_frame": 1, "identity_mismatch": 1}  # fmt: skip
-    r.add_status(ClipStatus("c", "ok", windows_total=12, windows_written=3, window_rejections=rejections))
+                  "low_face_score": 1, "face_out_of_frame": 1, "identity_mismatch": 1, "av_unsynced": 1}  # fmt: skip
+    r.add_status(ClipStatus("c", "ok", windows_total=13, windows_written=3, window_rejections=rejections,
+                            window_flags={"av_unsynced": 2}))  # fmt: skip
     assert dict(r.funnel_rows()) == {
-        "manifest rows": 1, "clips": 1, "resolved": 1, "decoded": 1, "windows": 12, "speech windows": 11,
-        "clean audio": 9, "faces": 8, "good faces": 4, "same identity": 3, "written": 3,
+        "manifest rows": 1, "clips": 1, "resolved": 1, "decoded": 1, "windows": 13, "speech windows": 12,
+        "clean audio": 10, "faces": 9, "good faces": 5, "same identity": 4, "in sync": 3, "written": 3,
     }  # fmt: skip
+    assert r.window_flags == {"av_unsynced": 2}
+    assert "flagged av_unsynced (kept) | 2" in r.markdown({"samples": 3, "shards": {}, "seconds": 0})
 
 
 def project(yaw_deg: float, pitch_deg: float) -> list[list[float]]:

@@ -37,7 +37,7 @@ def test_funnel_follows_each_status_to_the_stage_it_reached():
     assert dict(r.funnel_rows()) == {
         "manifest rows": 5, "clips": 4, "resolved": 3, "decoded": 2,
         "windows": 12, "speech windows": 6, "clean audio": 6, "faces": 5, "good faces": 5, "same identity": 5,
-        "written": 5,
+        "in sync": 5, "written": 5,
     }  # fmt: skip
     assert r.reasons == {"bad_row": 1, "video_unavailable": 1, "corrupt_media": 1, "no_speech": 1}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from .synth import Placement, astronaut, grace_hopper, no_face, silence_wav, speech_wav, talking_head
+from .synth import Placement, astronaut, grace_hopper, no_face, silence_wav, speaking_head, speech_wav, talking_head
 
 W, H = 854, 480
 
@@ -23,26 +23,32 @@ def make_demo_media(media_dir: Path) -> list[Path]:
             return voices[name]
 
         a, g = astronaut(), grace_hopper()
+        # (placements, seconds, audio, audio rate, channels, the placement whose mouth moves with the speech)
         specs = {
             # one speaker moving slowly across the frame
-            "astronaut-talk": lambda: ([Placement(a, 150, 330, 230, vx=15.0)], 14, voice("en-us+f3"), 44100, 2),
+            "astronaut-talk": lambda: ([Placement(a, 150, 330, 230, vx=15.0)], 14, voice("en-us+f3"), 44100, 2, 0),
             # a different voice, mono 48 kHz audio
-            "hopper-talk": lambda: ([Placement(g, 170, 430, 240)], 12, voice("en-us+f4"), 48000, 1),
-            # two faces on screen: the manifest's x,y hint picks the speaker on the right
+            "hopper-talk": lambda: ([Placement(g, 170, 430, 240)], 12, voice("en-us+f4"), 48000, 1, 0),
+            # two faces on screen: the manifest's x,y hint picks the speaker on the right; the other one listens
             "two-faces": lambda: (
-                [Placement(a, 130, 210, 240), Placement(g, 140, 620, 240)], 11, voice("en-us+f4"), 44100, 2),
+                [Placement(a, 130, 210, 240), Placement(g, 140, 620, 240)], 11, voice("en-us+f4"), 44100, 2, 1),
             # rejected: speech, but no face anywhere
-            "coffee-talk": lambda: ([Placement(no_face(), 400, W / 2, H / 2)], 6, voice("en-us+m3"), 44100, 2),
+            "coffee-talk": lambda: ([Placement(no_face(), 400, W / 2, H / 2)], 6, voice("en-us+m3"), 44100, 2, None),
             # rejected: a face, but silence
-            "astronaut-silent": lambda: ([Placement(a, 150, 400, 230)], 6, silence_wav(tmp / "sil.wav", 6), 16000, 1),
+            "astronaut-silent": lambda: (
+                [Placement(a, 150, 400, 230)], 6, silence_wav(tmp / "sil.wav", 6), 16000, 1, None),
         }  # fmt: skip
         paths = []
         for name, spec in specs.items():
             path = media_dir / f"{name}.mp4"
             if not path.exists():
-                placements, seconds, audio, rate, channels = spec()
+                placements, seconds, audio, rate, channels, speaker = spec()
                 partial = tmp / f"{name}.mp4"
-                talking_head(partial, placements, seconds, audio, size=(W, H), audio_rate=rate, channels=channels)
+                if speaker is None:
+                    talking_head(partial, placements, seconds, audio, size=(W, H), audio_rate=rate, channels=channels)
+                else:
+                    speaking_head(partial, placements, audio, seconds, speaker, size=(W, H), audio_rate=rate,
+                                  channels=channels)  # fmt: skip
                 partial.replace(path) if partial.stat().st_dev == media_dir.stat().st_dev else _copy(partial, path)
             paths.append(path)
     return paths

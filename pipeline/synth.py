@@ -190,50 +190,58 @@ def open_mouth(image: np.ndarray, landmarks68: np.ndarray, gap_px: float) -> np.
 
 def speaking_head(
     out: Path,
-    photo: Photo,
+    placements: list[Placement] | Photo,
     audio: Path,
     seconds: float,
+    speaker: int | None = 0,
     mouth_audio: Path | None = None,
     mouth_offset_s: float = 0.0,
-    face_px: int = 150,
     size: tuple[int, int] = (854, 480),
     fps: int = 25,
+    audio_rate: int = 44100,
+    channels: int = 2,
 ) -> Path:
-    """Encode an mp4 of `photo` speaking `audio` (looped): its mouth opens with the loudness of `mouth_audio`
-    (default: the same audio, so it is in sync) read `mouth_offset_s` later. A different sound or an offset
-    gives a face whose mouth moves out of sync with what is heard, the case the AV-sync score must flag."""
-
+    """Encode an mp4 like talking_head's in which the face of placements[speaker] speaks `audio` (looped): its
+    mouth opens with the loudness of `mouth_audio` (default: the same audio, so it is in sync) read
+    `mouth_offset_s` later. A different sound or an offset gives a mouth out of sync with what is heard, the
+    case the AV-sync score must flag; the other faces listen (their mouths stay still).
+    A bare Photo is one 150 px face at the frame's centre."""
     from .faces import DlibModels
 
     w, h = size
-    l, t, r, b = photo.face_box
-    scale = face_px / (r - l)
-    img = Image.fromarray(photo.image)
-    img = np.asarray(img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS))
-    box = [round(v * scale) for v in photo.face_box]
-    shape = DlibModels.get().landmarks68(img, box)
+    if isinstance(placements, Photo):
+        placements = [Placement(placements, 150, w / 2, h / 2)]
+    faces = []
+    for p in placements:
+        l, t, r, b = p.photo.face_box
+        scale = p.face_px / (r - l)
+        img = Image.fromarray(p.photo.image)
+        img = np.asarray(img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS))
+        box = [round(v * scale) for v in p.photo.face_box]
+        faces.append((p, img, box, DlibModels.get().landmarks68(img, box)))
     times = np.arange(int(round(seconds * fps))) / fps
     level = wav_envelope(mouth_audio or audio, times + mouth_offset_s)
-    max_gap = 0.09 * face_px
-    # the photo's face goes to the frame's centre; the photo is cropped to the frame
-    ox, oy = w // 2 - (box[0] + box[2]) // 2, h // 2 - (box[1] + box[3]) // 2
-    sx0, sy0 = max(0, -ox), max(0, -oy)
-    sx1, sy1 = min(img.shape[1], w - ox), min(img.shape[0], h - oy)
     background = np.full((h, w, 3), (58, 68, 80), np.uint8)
     cmd = [
         "ffmpeg", "-nostdin", "-y", "-v", "error",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
         "-stream_loop", "-1", "-i", str(audio),
-        "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "96k", "-ar", "44100",
+        "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "96k", "-ar", str(audio_rate), "-ac", str(channels),
         "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
         "-t", f"{seconds}", "-movflags", "+faststart", str(out),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)
     try:
-        for gap in level * max_gap:
+        for t, lev in zip(times, level, strict=True):
             frame = background.copy()
-            face = open_mouth(img, shape, gap)
-            frame[sy0 + oy : sy1 + oy, sx0 + ox : sx1 + ox] = face[sy0:sy1, sx0:sx1]
+            for i, (p, img, box, shape) in enumerate(faces):
+                face = open_mouth(img, shape, lev * 0.09 * p.face_px) if i == speaker else img
+                cx, cy = face_centre_at(p, t)  # the photo's face centre goes there; the photo is cut to the frame
+                ox, oy = round(cx - (box[0] + box[2]) / 2), round(cy - (box[1] + box[3]) / 2)
+                sx0, sy0 = max(0, -ox), max(0, -oy)
+                sx1, sy1 = min(img.shape[1], w - ox), min(img.shape[0], h - oy)
+                if sx1 > sx0 and sy1 > sy0:
+                    frame[sy0 + oy : sy1 + oy, sx0 + ox : sx1 + ox] = face[sy0:sy1, sx0:sx1]
             proc.stdin.write(frame.tobytes())  # type: ignore[union-attr]
     finally:
         proc.stdin.close()  # type: ignore[union-attr]

@@ -20,22 +20,30 @@ pytestmark = [pytest.mark.realdata, requires_shared_data]
 IDENTITIES = ("jaimealtozano", "javiermuniz")
 
 
-def compose(identity: str, out_dir):
-    """A video showing each face crop for 1 s over its own 1 s of speech; returns (mp4, audio, n)."""
+def frames_of(identity: str) -> list[int]:
     src = SHARED_DATA / "wav2pix-sample" / identity
-    frames = sorted(
+    return sorted(
         int(p.stem.split("_")[1]) for p in src.glob("face_*.jpg") if (src / f"audio_{p.stem[5:]}.wav").exists()
     )
+
+
+def compose(identity: str, out_dir, shots: list[tuple[str, int]] | None = None):
+    """A video showing each face crop for 1 s over its own 1 s of speech; returns (mp4, audio, n).
+    `shots` ((identity, frame number) per second) shows those faces instead, each over its own speech."""
+    if shots is None:
+        shots = [(identity, n) for n in frames_of(identity)]
     work = out_dir / identity
     work.mkdir()
     chunks = []
-    for i, n in enumerate(frames):
+    for i, (who, n) in enumerate(shots):
+        src = SHARED_DATA / "wav2pix-sample" / who
         face = np.asarray(Image.open(src / f"face_{n}.jpg").convert("RGB"))[..., ::-1]  # the dataset stored BGR
         canvas = Image.new("RGB", (640, 360), (58, 68, 80))
         face_img = Image.fromarray(np.ascontiguousarray(face)).resize((200, 200))
         canvas.paste(face_img, (220, 80))
         canvas.save(work / f"f{i:03d}.png")
         chunks.append(read_wav(src / f"audio_{n}.wav"))
+    frames = shots
     audio = np.concatenate(chunks)
     wav = work / "speech.wav"
     with wave.open(str(wav), "wb") as w:
@@ -75,6 +83,28 @@ def test_real_faces_and_voices(tmp_path):
         own = np.linalg.norm(emb - centroids[identity], axis=1)
         cross = np.linalg.norm(emb - centroids[other], axis=1)
         assert (own < cross).mean() >= 0.95
+
+
+def test_cutaways_to_another_real_person_are_removed_and_the_speaker_kept(tmp_path):
+    """Each speaker's clip cuts away to the other person for a few seconds: the identity check must drop
+    (>= 95 %) the other person's windows and keep (>= 95 %) the speaker's."""
+    ctx = BuildContext(out=tmp_path / "out", cfg=Config())
+    for identity in IDENTITIES:
+        other = next(i for i in IDENTITIES if i != identity)
+        own, theirs = frames_of(identity), frames_of(other)
+        shots = [(identity, n) for n in own[:8]] + [(other, n) for n in theirs[:3]]
+        shots += [(identity, n) for n in own[8:16]] + [(other, n) for n in theirs[3:6]] + [(identity, n) for n in own[16:]]
+        mp4, _, _ = compose(f"{identity}-cut", tmp_path, shots)
+        status = run_clip(Clip(f"{identity}-cut", str(mp4), identity, 1), ctx)
+        assert status.status == "ok", status
+        kept = {json.loads(s["json"])["window_index"] for s in read_clip_tar(ctx.clip_tar(f"{identity}-cut"))}
+        speaker = [k for k, (who, _) in enumerate(shots) if who == identity]
+        cutaway = [k for k, (who, _) in enumerate(shots) if who == other]
+        kept_speaker = sum(k in kept for k in speaker) / len(speaker)
+        removed_cutaway = sum(k not in kept for k in cutaway) / len(cutaway)
+        assert kept_speaker >= 0.95 and removed_cutaway >= 0.95, (identity, kept_speaker, removed_cutaway, status)
+        other_reasons = sum(n for r, n in status.window_rejections.items() if r != "identity_mismatch")
+        assert status.window_rejections.get("identity_mismatch", 0) >= len(cutaway) - other_reasons
 
 
 def test_real_voices_pass_the_vad():

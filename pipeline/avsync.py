@@ -1,11 +1,12 @@
 """Active speaker / AV sync: is the face we kept the one that speaks?
 
 A cheap score in the spirit of SyncNet without its weights: the mouth opening, read from dlib's 68 landmarks
-on every frame within `av_sync_span_s` of the face frame, correlated with the audio's loudness envelope at the
-same instants (the best of a few small lags, since the mouth leads the sound a little). A talking speaker
-scores high; a still photo, a listener or dubbed footage scores near or below zero. The score goes into the
-sample json and a low one flags the window `av_unsynced`; it is a flag, not a drop, unless the config says so
-(strict sync filtering keeps only a few percent of in-the-wild video).
+on the frames within `av_sync_span_s` of the face frame (one every `av_sync_step_s`: the decoder's grey
+context frames), correlated with the audio's loudness envelope at the same instants (the best of a few small
+lags, since the mouth leads the sound a little). A talking speaker scores high; a still photo, a listener or
+dubbed footage scores near or below zero. The score goes into the sample json and a low one flags the window
+`av_unsynced`; it is a flag, not a drop, unless the config says so (strict sync filtering keeps only a few
+percent of in-the-wild video).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 from .config import SAMPLE_RATE, FilterConfig
 
 ENVELOPE_HALF_S = 0.02  # loudness over ±20 ms around each frame: one video frame's worth of sound
+LAG_STEP_S = 0.04  # audio lags tried, in steps of one 25 fps frame
 MIN_FRAMES = 5  # fewer frames around the face frame (the clip's edge): no score
 
 
@@ -60,8 +62,8 @@ def sync_score(
         return out
     motion = float(np.std(openings))
     out["mouth_motion"] = round(motion, 4)
-    step = float(np.median(np.diff(times))) if len(times) > 1 else 0.04
-    n_lags = int(round(cfg.av_sync_max_lag_s / step)) if step > 0 else 0
+    step = LAG_STEP_S
+    n_lags = int(cfg.av_sync_max_lag_s / step + 1e-9)
     still = motion < cfg.min_mouth_motion
     best, best_lag = None, 0.0
     for lag in sorted(range(-n_lags, n_lags + 1), key=abs):  # ties go to the smallest lag
@@ -95,7 +97,7 @@ class AVSyncTracker:
         self.cfg = cfg
         self.audio = audio
         self.audio_start_s = audio_start_s
-        self.landmarks68 = landmarks68  # (rgb, box) -> (68, 2) array
+        self.landmarks68 = landmarks68  # (grey or RGB image, box) -> (68, 2) array
         self.half = cfg.av_sync_span_s / 2
         self.recent: deque[tuple[float, np.ndarray]] = deque()
         self.open: list[_Open] = []

@@ -205,13 +205,13 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
             yield item
 
     def faces():
-        context = cfg.filters.av_sync_span_s if av else 0.0
-        frames = decode_frames_on_grid(src.path, info, file_start_s, first, step, n_frames, context)
+        f = cfg.filters
+        context = (f.av_sync_span_s, f.av_sync_step_s) if av else (0.0, 0.0)
+        frames = decode_frames_on_grid(src.path, info, file_start_s, first, step, n_frames, *context)
         for frame in frames:
-            if av:
-                yield from synced(av.push(frame.time, frame.rgb))
-                if not frame.on_grid:
-                    continue
+            if not frame.on_grid:  # a grey context frame, for the AV-sync score only
+                yield from synced(av.push(frame.time, frame.rgb))  # type: ignore[union-attr]
+                continue
             if ex.first_good_face:
                 t = frame.index * step
                 k = int(round(t * SAMPLE_RATE)) // W

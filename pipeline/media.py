@@ -5,6 +5,7 @@ frames at given times, in one ffmpeg process per clip (no per-window processes, 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -109,90 +110,178 @@ def decode_audio(path: Path, start_s: float, duration_s: float | None) -> np.nda
     return np.frombuffer(r.stdout, dtype="<i2").copy()
 
 
-_PTS_RE = re.compile(rb"\bn:\s*(\d+)\s+pts:\s*-?\d+\s+pts_time:(-?[0-9.e+-]+)")
+_PTS_RE = re.compile(rb"\[showinfo@(\w+) @[^]]*\].*?\bn:\s*(\d+)\s+pts:\s*-?\d+\s+pts_time:(-?[0-9.e+-]+)")
 
 
 @dataclass(frozen=True)
 class DecodedFrame:
     index: int  # grid slot (window index); for a context frame, the nearest slot
     time: float  # the frame's own time, seconds on the file's timeline
-    rgb: np.ndarray  # (H, W, 3) uint8, RGB
+    rgb: np.ndarray  # (H, W, 3) uint8 RGB; a context frame is grey: (H, W) uint8 luma
     on_grid: bool = True  # the frame shown at the slot's grid time (False: a context frame near it)
 
 
 def decode_frames_on_grid(
-    path: Path, info: MediaInfo, start_s: float, first_s: float, period_s: float, count: int, context_s: float = 0.0
+    path: Path,
+    info: MediaInfo,
+    start_s: float,
+    first_s: float,
+    period_s: float,
+    count: int,
+    context_s: float = 0.0,
+    context_step_s: float = 0.0,
 ) -> Iterator[DecodedFrame]:
     """The frames shown at times start_s + first_s + k*period_s, k < count, from one ffmpeg process.
 
     ffmpeg's select filter keeps the frame whose display interval [t, t + 1/fps) holds a grid time,
     and showinfo reports its exact pts, so nothing drifts and only the selected frames reach Python.
-    With `context_s` > 0 every frame whose middle lies within context_s/2 of a grid time comes too, in time
-    order, marked on_grid=False (the AV-sync score reads the mouth over them).
+
+    With `context_s` > 0, the frames within context_s/2 of each grid time come too (one every `context_step_s`
+    at most, counted from the grid time; 0: every frame), in time order, marked on_grid=False and grey (luma
+    only, a third of the bytes; the grid frame itself is among them): the AV-sync score reads the mouth on
+    them. They leave ffmpeg by a second pipe.
     """
     if count <= 0:
         return
     d = 1.0 / (info.fps or 25.0)
     c0, p, h = first_s, period_s, context_s / 2
     on_grid_end = c0 + (count - 0.5) * p
-    sel = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{on_grid_end:.9f})"
+    grid = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{on_grid_end:.9f})"
     end = c0 + count * p + d
-    if h > 0:
-        m = f"(t+{d / 2:.9f}-{c0:.9f})"  # the frame's middle, from the first grid time
-        near = f"lt(abs({m}-{p:.9f}*round({m}/{p:.9f})),{h:.9f})*gte({m},-{h:.9f})*lt({m},{(count - 1) * p + h:.9f})"
-        sel = f"max({sel},{near})"
-        end = max(end, c0 + (count - 1) * p + h + d)
-    cmd = [
-        # one decoder thread: clips run in parallel already, and frame threading costs CPU time for nothing
-        "ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-threads", "1", "-ss", f"{start_s:.6f}", "-i", str(path),
-        "-t", f"{end:.6f}", "-map", "0:v:0", "-an", "-sn",
-        "-vf", f"select='{sel}',showinfo", "-fps_mode", "passthrough",
-        "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
-    ]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    times: list[float] = []
+    # one decoder thread: clips run in parallel already, and frame threading costs CPU time for nothing;
+    # -an -sn before -i: only the video is read
+    head = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-threads", "1", "-ss", f"{start_s:.6f}"]
+    head += ["-an", "-sn", "-i", str(path)]
+    raw = ["-fps_mode", "passthrough", "-f", "rawvideo"]
+    if h <= 0:
+        graph = f"[0:v:0]select='{grid}',showinfo@grid=checksum=0[grid]"
+        outputs = ["-map", "[grid]", *raw, "-pix_fmt", "rgb24", "pipe:1"]
+        yield from _decode(head, end, graph, outputs, info, start_s, c0, p, d, with_context=False)
+        return
+    m = f"(t+{d / 2:.9f}-{c0:.9f})"  # the frame's middle, from the first grid time
+    near = f"lt(abs({m}-{p:.9f}*round({m}/{p:.9f})),{h:.9f})*gte({m},-{h:.9f})*lt({m},{(count - 1) * p + h:.9f})"
+    if context_step_s > d:  # frames holding a point of the grid time's own sub-grid of step context_step_s
+        u, q = f"(t-{c0:.9f}-{p:.9f}*round({m}/{p:.9f}))", f"{context_step_s:.9f}"
+        near += f"*gt(floor(({u}+{d:.9f})/{q}),floor({u}/{q}))"
+    graph = (
+        f"[0:v:0]select='max({grid},{near})',split=2[a][b];"
+        f"[a]select='{grid}',showinfo@grid=checksum=0[grid];"
+        # the luma plane as it is (a swscale conversion to grey would cost ~0.5 ms a frame)
+        f"[b]select='{near}',showinfo@ctx=checksum=0,format=pix_fmts=yuv420p|yuvj420p,extractplanes=y[ctx]"
+    )
+    outputs = ["-map", "[grid]", *raw, "-pix_fmt", "rgb24", "pipe:1"]
+    outputs += ["-map", "[ctx]", *raw, "-pix_fmt", "gray", "pipe:3"]  # the fd is set in _decode
+    end = max(end, c0 + (count - 1) * p + h + d)
+    yield from _decode(head, end, graph, outputs, info, start_s, c0, p, d, with_context=True)
+
+
+_END = object()
+QUEUED_FRAMES = 16  # decoded frames waiting for the consumer: holds ffmpeg back, so memory stays flat
+
+
+def _decode(head, end, graph, outputs, info, start_s, c0, p, d, with_context) -> Iterator[DecodedFrame]:
+    """Run ffmpeg with the filter graph; yield the grid frames (stdout, RGB) and the context frames (a second
+    pipe, grey) merged in time order. A reader thread per pipe feeds one bounded queue, so ffmpeg never waits
+    on a pipe nobody reads, whatever order it writes its two outputs in; each pipe is in time order, so a frame
+    is released once the other pipe has reached its time (or ended)."""
+    import heapq
+    import queue
+
+    cmd = [*head[:-2], "-t", f"{end:.6f}", *head[-2:], "-filter_complex", graph, *outputs]  # -t on the input
+    ctx_r = ctx_w = None
+    if with_context:
+        ctx_r, ctx_w = os.pipe()
+        cmd[-1] = f"pipe:{ctx_w}"  # ffmpeg's "pipe:N" writes to its fd N; pass_fds keeps the number in the child
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(ctx_w,))
+        os.close(ctx_w)
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    times: dict[bytes, list[float]] = {b"grid": [], b"ctx": []}
     stderr_lines: list[bytes] = []
     cond = threading.Condition()
+    finished = [False]
+    frames: queue.Queue = queue.Queue(maxsize=QUEUED_FRAMES)
+    stop = threading.Event()
 
     def read_stderr():
         for line in proc.stderr:  # type: ignore[union-attr]
             m = _PTS_RE.search(line)
             with cond:
-                if m and b"showinfo" in line:
-                    times.append(float(m.group(2)))
+                if m:
+                    times[m.group(1)].append(float(m.group(3)))
                 else:
                     stderr_lines.append(line)
                 cond.notify_all()
         with cond:
-            times.append(float("nan"))  # end marker
+            finished[0] = True
             cond.notify_all()
 
-    reader = threading.Thread(target=read_stderr, daemon=True)
-    reader.start()
-    frame_bytes = info.width * info.height * 3
-    try:
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                frames.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read_frames(f, stream: bytes, frame_bytes: int, shape: tuple):
         n = 0
-        while True:
-            buf = proc.stdout.read(frame_bytes)  # type: ignore[union-attr]
-            if len(buf) < frame_bytes:
-                break
-            with cond:
-                cond.wait_for(lambda n=n: len(times) > n)
-                t = times[n]
-            n += 1
-            if t != t:  # NaN: showinfo line missing; cannot place the frame
-                break
-            k = int(np.floor((t + d - c0) / p))
-            on_grid = k > np.floor((t - c0) / p) and t < on_grid_end
-            if not on_grid:
-                k = int(np.round((t + d / 2 - c0) / p))
-            rgb = np.frombuffer(buf, dtype=np.uint8).reshape(info.height, info.width, 3)
-            yield DecodedFrame(k, start_s + t, rgb, bool(on_grid))
+        try:
+            while not stop.is_set():
+                buf = f.read(frame_bytes)
+                if len(buf) < frame_bytes:
+                    break
+                with cond:
+                    cond.wait_for(lambda n=n: len(times[stream]) > n or finished[0])
+                    t = times[stream][n] if len(times[stream]) > n else None
+                if t is None:  # showinfo line missing: the frame cannot be placed
+                    break
+                n += 1
+                if not put((stream, t, np.frombuffer(buf, dtype=np.uint8).reshape(shape))):
+                    break
+        finally:
+            put((stream, None, None))
+
+    w, h = info.width, info.height
+    readers = {b"grid": threading.Thread(target=read_frames, args=(proc.stdout, b"grid", w * h * 3, (h, w, 3)))}
+    ctx_file = None
+    if with_context:
+        ctx_file = os.fdopen(ctx_r, "rb")  # buffered: read(n) returns n bytes unless the pipe ended  # type: ignore[arg-type]
+        readers[b"ctx"] = threading.Thread(target=read_frames, args=(ctx_file, b"ctx", w * h, (h, w)))
+    threads = [threading.Thread(target=read_stderr, daemon=True), *readers.values()]
+    for th in threads:
+        th.daemon = True
+        th.start()
+    n = 0
+    last = {stream: -np.inf for stream in readers}  # the latest time each pipe has delivered (inf: ended)
+    pending: list = []  # heap of (time, seq, stream, frame) waiting for the other pipe
+    seq = 0
+    try:
+        while any(v != np.inf for v in last.values()):
+            stream, t, frame = frames.get()
+            if t is None:
+                last[stream] = np.inf
+            else:
+                last[stream] = t
+                heapq.heappush(pending, (t, seq, stream, frame))
+                seq += 1
+            while pending and pending[0][0] <= min(last.values()):
+                t, _, stream, frame = heapq.heappop(pending)
+                if stream == b"grid":
+                    n += 1
+                    yield DecodedFrame(int(np.floor((t + d - c0) / p)), start_s + t, frame, True)
+                else:
+                    yield DecodedFrame(int(np.round((t + d / 2 - c0) / p)), start_s + t, frame, False)
     finally:
+        stop.set()
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        reader.join(timeout=5)
+        for th in threads:
+            th.join(timeout=5)
+        if ctx_file is not None:
+            ctx_file.close()
     if proc.returncode not in (0, -9) and n == 0:
         err = b"".join(stderr_lines).decode(errors="replace")
         raise ClipError(Reason.CORRUPT_MEDIA, f"video decode: {_tail(err)}")

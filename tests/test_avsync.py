@@ -100,18 +100,29 @@ def test_sync_score_follows_the_correlation_of_mouth_and_loudness():
     assert too_few["av_sync"] is None
 
 
-def test_context_frames_come_in_time_order_around_each_grid_time(media):
+def test_context_frames_come_grey_in_time_order_around_each_grid_time(media):
     info = probe(media.moving)
     plain = list(decode_frames_on_grid(media.moving, info, 1.0, 0.5, 1.0, 4))
     frames = list(decode_frames_on_grid(media.moving, info, 1.0, 0.5, 1.0, 4, context_s=0.6))
     assert [f.time for f in frames] == sorted(f.time for f in frames)
     on_grid = [f for f in frames if f.on_grid]
     assert [(f.index, f.time) for f in on_grid] == [(f.index, f.time) for f in plain]  # the same frames as before
+    assert all(np.array_equal(a.rgb, b.rgb) for a, b in zip(on_grid, plain, strict=True))
+    context = [f for f in frames if not f.on_grid]
     d = 1 / info.fps
-    for f in frames:
-        centre = 1.0 + 0.5 + f.index
-        assert abs(f.time + d / 2 - centre) < 0.3 + 1e-6
-    assert all(sum(f.index == k for f in frames) == round(0.6 * info.fps) for k in range(4))
+    for f in context:
+        assert f.rgb.shape == (H, W) and f.rgb.dtype == np.uint8  # the luma plane
+        assert abs(f.time + d / 2 - (1.0 + 0.5 + f.index)) < 0.3 + 1e-6
+    assert all(sum(f.index == k for f in context) == round(0.6 * info.fps) for k in range(4))
+    for g in on_grid:  # the grid frame is among the context frames: its luma, as the RGB frame shows it
+        grey = next(f for f in context if f.time == g.time).rgb.astype(np.float64)
+        luma = g.rgb.astype(np.float64) @ [0.299, 0.587, 0.114]
+        assert np.corrcoef(grey.ravel(), luma.ravel())[0, 1] > 0.99
+    # one every context_step_s, counted from the grid time
+    stepped = [f for f in decode_frames_on_grid(media.moving, info, 1.0, 0.5, 1.0, 4, 1.0, 0.08) if not f.on_grid]
+    for k in range(4):
+        times = np.array([f.time for f in stepped if f.index == k])
+        assert len(times) == 13 and np.allclose(np.diff(times), 0.08, atol=1e-3)
 
 
 # --- on generated speaking faces ---------------------------------------------------------------------------------

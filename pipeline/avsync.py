@@ -35,10 +35,11 @@ def mouth_opening(landmarks68: np.ndarray) -> float:
 def loudness_db(audio: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """RMS level in dB of `audio` (int16 samples) over ±ENVELOPE_HALF_S around each centre (sample indices)."""
     half = int(ENVELOPE_HALF_S * SAMPLE_RATE)
-    x = audio.astype(np.float64)
+    first = max(0, int(centres.min()) - half)  # only the stretch around the centres, not the whole clip
+    x = audio[first : max(first, int(centres.max()) + half)].astype(np.float64)
     csum = np.concatenate([[0.0], np.cumsum(x * x)])
-    lo = np.clip(centres - half, 0, len(x))
-    hi = np.clip(centres + half, 0, len(x))
+    lo = np.clip(centres - first - half, 0, len(x))
+    hi = np.clip(centres - first + half, 0, len(x))
     energy = (csum[hi] - csum[lo]) / np.maximum(hi - lo, 1)
     return 10 * np.log10(energy + 1.0)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import PIPELINE_VERSION, quality
+from . import PIPELINE_VERSION, neural_vad, quality
 from .avsync import AVSyncTracker
 from .config import SAMPLE_RATE, Config
 from .faces import Face, SpeakerTracker, embed_faces
@@ -158,10 +158,13 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
     rejections: Counter[str] = Counter({str(Reason.NO_SPEECH): n_cut - len(windows)} if n_cut > len(windows) else {})
     measures: dict[int, dict] = {}  # window index -> what the filters measured
     clean = []
-    for w in windows:
+    shares = neural_vad.speech_shares(audio, [w.start for w in windows], W) if cfg.filters.music_noise else None
+    for i, w in enumerate(windows):
         chunk = audio[w.start : w.start + W]
         m = measures[w.index] = {"clipping": quality.clipping(chunk), "snr_db": quality.snr_db(chunk)}
-        if reason := quality.speech_reason(m["clipping"], m["snr_db"], cfg.filters):
+        if shares is not None:
+            m["neural_speech"] = round(float(shares[i]), 3)
+        if reason := quality.speech_reason(m["clipping"], m["snr_db"], cfg.filters, m.get("neural_speech")):
             rejections[str(reason)] += 1
         else:
             clean.append(w)

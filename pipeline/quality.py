@@ -107,11 +107,16 @@ def snr_db(audio: np.ndarray, frame: int = 320) -> float:
     return round(float(min(100.0, 10 * np.log10((hi + 1e-3) / (lo + 1e-3)))), 2)
 
 
-def speech_reason(clip_share: float, snr: float, cfg: FilterConfig) -> Reason | None:
+def speech_reason(
+    clip_share: float, snr: float, cfg: FilterConfig, neural_speech: float | None = None
+) -> Reason | None:
+    """The first speech filter a window fails, or None (`neural_speech`: Silero VAD's speech share, if measured)."""
     if clip_share > cfg.max_clipping:
         return Reason.CLIPPING
     if snr < cfg.min_snr_db:
         return Reason.LOW_SNR
+    if neural_speech is not None and neural_speech < cfg.min_neural_speech:
+        return Reason.MUSIC_OR_NOISE
     return None
 
 

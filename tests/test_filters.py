@@ -35,6 +35,8 @@ class FilterMedia:
     loud: Path  # the speech amplified 30x: clipped
     noisy: Path  # speech under loud white noise
     cutaway: Path  # 4 s of the astronaut, then a cut to 2 s of Grace Hopper at the same place
+    music: Path  # the astronaut over a chord track with a melody (no speech)
+    speech_over_music: Path  # the speech with the same music 12 dB under it
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +67,16 @@ def fm(media, tmp_path_factory) -> FilterMedia:
     )
     ffmpeg("-i", base, "-i", other, "-filter_complex", "[0:v][0:a][1:v][1:a]concat=n=2:v=1:a=1[v][a]",
            "-map", "[v]", "-map", "[a]", d / "cutaway.mp4")  # fmt: skip
-    return FilterMedia(base, d / "blurred.mp4", d / "edge.mp4", d / "loud.mp4", d / "noisy.mp4", d / "cutaway.mp4")
+    # chords pulsing twice a second under a four-note melody: webrtcvad calls all of it speech
+    chords = "0.2*(sin(2*PI*261.6*t)+sin(2*PI*329.6*t)+sin(2*PI*392*t))*(0.5+0.5*sin(2*PI*2*t))"
+    melody = "0.15*sin(2*PI*(440+220*floor(mod(t*4,4)))*t)"
+    ffmpeg("-f", "lavfi", "-i", f"aevalsrc='{chords}+{melody}':s=16000:d=4", d / "music.wav")
+    talking_head(d / "music.mp4", [Placement(a, 120, W / 2, H / 2)], 4, d / "music.wav", size=(W, H))
+    ffmpeg("-i", base, "-i", d / "music.wav", "-filter_complex",
+           "[1:a]volume=0.25[m];[0:a][m]amix=inputs=2:duration=first:normalize=0[a]",
+           "-map", "0:v", "-map", "[a]", "-c:v", "copy", d / "speech_over_music.mp4")  # fmt: skip
+    return FilterMedia(base, d / "blurred.mp4", d / "edge.mp4", d / "loud.mp4", d / "noisy.mp4", d / "cutaway.mp4",
+                       d / "music.mp4", d / "speech_over_music.mp4")  # fmt: skip
 
 
 def run(path, tmp_path, **filters):
@@ -93,12 +104,24 @@ def test_clean_media_passes_every_filter_and_records_the_measures(fm, tmp_path):
         ("base", {"max_yaw_deg": 0.5}, "bad_pose"),  # the photo looks ~3 degrees aside
         ("loud", {}, "clipping"),
         ("noisy", {}, "low_snr"),
+        ("music", {}, "music_or_noise"),
     ],
 )
 def test_failing_media_gets_the_filter_reason(fm, tmp_path, name, filters, reason):
     s, _ = run(getattr(fm, name), tmp_path, **filters)
     assert (s.status, s.reason, s.windows_written) == ("rejected", reason, 0)
     assert s.window_rejections[reason] >= 3
+
+
+def test_music_passes_webrtcvad_and_is_caught_by_the_neural_vad(fm, tmp_path):
+    off, metas = run(fm.music, tmp_path / "off", music_noise=False)
+    assert off.status == "ok" and off.windows_written >= 3  # webrtcvad and the other filters keep it
+    assert all("neural_speech" not in m for m in metas)
+    s, _ = run(fm.music, tmp_path / "on")
+    assert s.status == "rejected" and s.window_rejections["music_or_noise"] == off.windows_written
+    s, metas = run(fm.speech_over_music, tmp_path / "speech")  # speech with music under it is speech
+    assert s.status == "ok" and s.windows_written >= 3 and "music_or_noise" not in s.window_rejections
+    assert all(m["neural_speech"] >= 0.5 for m in metas)
 
 
 def test_filters_pass_the_same_media_at_lenient_thresholds(fm, tmp_path):

@@ -81,7 +81,7 @@ def sync_score(
     return out
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the item may hold arrays
 class _Open:
     item: object  # what the caller gets back with the score
     centre: float
@@ -110,7 +110,7 @@ class AVSyncTracker:
     def push(self, t: float, rgb: np.ndarray) -> list[tuple[object, dict]]:
         """Take one frame; return the (item, measures) whose span has ended."""
         done = [o for o in self.open if t > o.centre + self.half + 1e-6]
-        self.open = [o for o in self.open if o not in done]
+        self.open = [o for o in self.open if t <= o.centre + self.half + 1e-6]
         for o in self.open:
             self._add(o, t, rgb)
         self.recent.append((t, rgb))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.avsync import loudness_db, mouth_opening, sync_score
+from pipeline.avsync import AVSyncTracker, loudness_db, mouth_opening, sync_score
 from pipeline.clip import BuildContext, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FilterConfig, ReviewConfig
 from pipeline.media import decode_frames_on_grid, probe
@@ -98,6 +98,28 @@ def test_sync_score_follows_the_correlation_of_mouth_and_loudness():
     assert beyond["av_sync"] is None and not beyond["av_unsynced"]
     too_few = sync_score(times[:3], openings[:3], audio, 0.0, cfg)
     assert too_few["av_sync"] is None
+
+
+def test_the_tracker_scores_faces_whose_spans_overlap():
+    """Two face frames closer than the span: both stay open at once, each gets the frames of its own span."""
+    cfg = FilterConfig(av_sync_span_s=1.0)
+    audio = np.random.default_rng(1).integers(-3000, 3000, 4 * SAMPLE_RATE).astype(np.int16)
+    pts = np.zeros((68, 2))
+    pts[36:42], pts[42:48] = (0, 0), (50, 0)
+
+    def landmarks(img, box):  # the test frames carry the mouth gap in their first pixel
+        q = pts.copy()
+        q[65:68, 1] = float(img[0, 0])
+        return q
+
+    tracker = AVSyncTracker(cfg, audio, 0.0, landmarks)
+    scored = []
+    for i, t in enumerate(np.arange(0.5, 3.5, 0.04)):
+        scored += tracker.push(float(t), np.full((2, 2), i % 7, np.uint8))
+        if abs(t - 1.5) < 1e-6 or abs(t - 1.82) < 1e-6:
+            tracker.start(("face", np.zeros((4, 4, 3))), float(t), (0, 0, 2, 2))  # arrays: never compared
+    scored += tracker.finish()
+    assert len(scored) == 2 and all(score["mouth_motion"] > 0 for _, score in scored)
 
 
 def test_context_frames_come_grey_in_time_order_around_each_grid_time(media):

@@ -200,8 +200,7 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
     def synced(ready):
         """Face items whose AV-sync score is in: measures added; rejected when so configured."""
         for item, score in ready:
-            win, _, _, m = item
-            m.update(score)
+            item[3].update(score)  # the window's measures
             if score["av_unsynced"] and cfg.filters.reject_av_unsynced:
                 rejections[str(Reason.AV_UNSYNCED)] += 1
                 continue

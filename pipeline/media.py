@@ -148,15 +148,17 @@ def decode_frames_on_grid(
     on_grid_end = c0 + (count - 0.5) * p
     grid = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{on_grid_end:.9f})"
     end = c0 + count * p + d
+    if h > 0:
+        end = max(end, c0 + (count - 1) * p + h + d)
     # one decoder thread: clips run in parallel already, and frame threading costs CPU time for nothing;
-    # -an -sn before -i: only the video is read
+    # -t, -an and -sn before -i: only that much of the video is read
     head = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-threads", "1", "-ss", f"{start_s:.6f}"]
-    head += ["-an", "-sn", "-i", str(path)]
+    head += ["-t", f"{end:.6f}", "-an", "-sn", "-i", str(path)]
     raw = ["-fps_mode", "passthrough", "-f", "rawvideo"]
+    grid_output = ["-map", "[grid]", *raw, "-pix_fmt", "rgb24", "pipe:1"]
     if h <= 0:
         graph = f"[0:v:0]select='{grid}',showinfo@grid=checksum=0[grid]"
-        outputs = ["-map", "[grid]", *raw, "-pix_fmt", "rgb24", "pipe:1"]
-        yield from _decode(head, end, graph, outputs, info, start_s, c0, p, d, with_context=False)
+        yield from _decode([*head, "-filter_complex", graph, *grid_output], None, info, start_s, c0, p, d)
         return
     m = f"(t+{d / 2:.9f}-{c0:.9f})"  # the frame's middle, from the first grid time
     near = f"lt(abs({m}-{p:.9f}*round({m}/{p:.9f})),{h:.9f})*gte({m},-{h:.9f})*lt({m},{(count - 1) * p + h:.9f})"
@@ -169,29 +171,27 @@ def decode_frames_on_grid(
         # the luma plane as it is (a swscale conversion to grey would cost ~0.5 ms a frame)
         f"[b]select='{near}',showinfo@ctx=checksum=0,format=pix_fmts=yuv420p|yuvj420p,extractplanes=y[ctx]"
     )
-    outputs = ["-map", "[grid]", *raw, "-pix_fmt", "rgb24", "pipe:1"]
-    outputs += ["-map", "[ctx]", *raw, "-pix_fmt", "gray", "pipe:3"]  # the fd is set in _decode
-    end = max(end, c0 + (count - 1) * p + h + d)
-    yield from _decode(head, end, graph, outputs, info, start_s, c0, p, d, with_context=True)
+    ctx_output = ["-map", "[ctx]", *raw, "-pix_fmt", "gray"]  # _decode adds the pipe it goes to
+    yield from _decode([*head, "-filter_complex", graph, *grid_output], ctx_output, info, start_s, c0, p, d)
 
 
-_END = object()
 QUEUED_FRAMES = 16  # decoded frames waiting for the consumer: holds ffmpeg back, so memory stays flat
 
 
-def _decode(head, end, graph, outputs, info, start_s, c0, p, d, with_context) -> Iterator[DecodedFrame]:
-    """Run ffmpeg with the filter graph; yield the grid frames (stdout, RGB) and the context frames (a second
-    pipe, grey) merged in time order. A reader thread per pipe feeds one bounded queue, so ffmpeg never waits
+def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
+    """Run ffmpeg (`cmd` writes the grid frames to stdout; `ctx_output`, if any, the output options of the
+    context frames); yield the grid frames (RGB) and the context frames (grey, from a second pipe) merged in
+    time order. A reader thread per pipe feeds one bounded queue, so ffmpeg never waits
     on a pipe nobody reads, whatever order it writes its two outputs in; each pipe is in time order, so a frame
     is released once the other pipe has reached its time (or ended)."""
     import heapq
     import queue
 
-    cmd = [*head[:-2], "-t", f"{end:.6f}", *head[-2:], "-filter_complex", graph, *outputs]  # -t on the input
     ctx_r = ctx_w = None
-    if with_context:
+    if ctx_output is not None:
         ctx_r, ctx_w = os.pipe()
-        cmd[-1] = f"pipe:{ctx_w}"  # ffmpeg's "pipe:N" writes to its fd N; pass_fds keeps the number in the child
+        # ffmpeg's "pipe:N" writes to its fd N; pass_fds keeps the number in the child
+        cmd = [*cmd, *ctx_output, f"pipe:{ctx_w}"]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(ctx_w,))
         os.close(ctx_w)
     else:
@@ -246,10 +246,10 @@ def _decode(head, end, graph, outputs, info, start_s, c0, p, d, with_context) ->
     w, h = info.width, info.height
     readers = {b"grid": threading.Thread(target=read_frames, args=(proc.stdout, b"grid", w * h * 3, (h, w, 3)))}
     ctx_file = None
-    if with_context:
+    if ctx_r is not None:
         ctx_file = os.fdopen(ctx_r, "rb")  # buffered: read(n) returns n bytes unless the pipe ended  # type: ignore[arg-type]
         readers[b"ctx"] = threading.Thread(target=read_frames, args=(ctx_file, b"ctx", w * h, (h, w)))
-    threads = [threading.Thread(target=read_stderr, daemon=True), *readers.values()]
+    threads = [threading.Thread(target=read_stderr), *readers.values()]
     for th in threads:
         th.daemon = True
         th.start()

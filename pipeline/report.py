@@ -207,19 +207,8 @@ class RunReport:
             )
             or "<tr><td colspan=3>none</td></tr>"
         )
-        window_rows = (
-            "".join(
-                f"<tr><td><code>{e(r)}</code></td><td class=n>{n}</td></tr>"
-                for r, n in self.window_reasons.most_common()
-            )
-            or "<tr><td colspan=2>none</td></tr>"
-        )
-        flag_rows = (
-            "".join(
-                f"<tr><td><code>{e(r)}</code></td><td class=n>{n}</td></tr>" for r, n in self.window_flags.most_common()
-            )
-            or "<tr><td colspan=2>none</td></tr>"
-        )
+        window_rows = _count_rows(self.window_reasons)
+        flag_rows = _count_rows(self.window_flags)
         ids = sorted(self.identities.items(), key=lambda kv: (-kv[1][2], kv[0]))
         id_rows = (
             "".join(
@@ -307,6 +296,14 @@ def _thumbnail(jpg: bytes) -> bytes:
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=80)
     return buf.getvalue()
+
+
+def _count_rows(counts: Counter) -> str:
+    """Table rows of (code, count), most common first."""
+    rows = "".join(
+        f"<tr><td><code>{html.escape(r)}</code></td><td class=n>{n}</td></tr>" for r, n in counts.most_common()
+    )
+    return rows or "<tr><td colspan=2>none</td></tr>"
 
 
 def _histogram(counts: list[int], labels: list[str], width: int = 360, height: int = 120) -> str:

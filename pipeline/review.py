@@ -125,10 +125,8 @@ def scan_clip(clip: QueueClip) -> tuple[list[ItemRow], dict[str, bytes]]:
         if "json" not in d:
             continue
         meta = json.loads(d["json"])
-        keys = ("det_score", "face_px", "speech_ratio", "rms_dbfs", "av_sync")
+        keys = ("det_score", "face_px", "speech_ratio", "rms_dbfs", "av_sync", "av_unsynced")
         metrics = {k: meta[k] for k in keys if meta.get(k) is not None}
-        if "av_unsynced" in meta:
-            metrics["av_unsynced"] = meta["av_unsynced"]
         if "jpg" in d:
             metrics["sharpness"] = round(sharpness(d["jpg"]), 2)
         if "dlib.npy" in d:

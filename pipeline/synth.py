@@ -78,6 +78,21 @@ def face_centre_at(p: Placement, t: float) -> tuple[float, float]:
     return p.x + p.vx * t, p.y
 
 
+def scaled_photo(p: Placement) -> tuple[Image.Image, float]:
+    """The placement's photo resized so that its face is face_px wide, and the scale applied."""
+    l, _, r, _ = p.photo.face_box
+    scale = p.face_px / (r - l)
+    img = Image.fromarray(p.photo.image)
+    return img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS), scale
+
+
+H264 = ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p"]  # the encode of all media
+
+
+def aac(rate: int, channels: int) -> list[str]:
+    return ["-c:a", "aac", "-b:a", "96k", "-ar", str(rate), "-ac", str(channels)]
+
+
 def talking_head(
     out: Path,
     placements: list[Placement],
@@ -97,9 +112,7 @@ def talking_head(
         chain, last = [], "0:v"
         for i, p in enumerate(placements):
             l, t, r, b = p.photo.face_box
-            scale = p.face_px / (r - l)
-            img = Image.fromarray(p.photo.image)
-            img = img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS)
+            img, scale = scaled_photo(p)
             png = Path(tmp) / f"p{i}.png"
             img.save(png)
             fx, fy = (l + r) / 2 * scale, (t + b) / 2 * scale
@@ -115,19 +128,8 @@ def talking_head(
         last = last if chain else "v"
         cmd += ["-filter_complex", vf, "-map", f"[{last}]"]
         if audio is not None:
-            cmd += [
-                "-map",
-                f"{n_in}:a",
-                "-c:a",
-                "aac",
-                "-b:a",
-                "96k",
-                "-ar",
-                str(audio_rate),
-                "-ac",
-                str(channels),
-            ]
-        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", "-r", str(fps)]
+            cmd += ["-map", f"{n_in}:a", *aac(audio_rate, channels)]
+        cmd += [*H264, "-r", str(fps)]
         cmd += ["-t", f"{seconds}"]
         if faststart:
             cmd += ["-movflags", "+faststart"]
@@ -213,10 +215,8 @@ def speaking_head(
         placements = [Placement(placements, 150, w / 2, h / 2)]
     faces = []
     for p in placements:
-        l, t, r, b = p.photo.face_box
-        scale = p.face_px / (r - l)
-        img = Image.fromarray(p.photo.image)
-        img = np.asarray(img.resize((round(img.width * scale), round(img.height * scale)), Image.LANCZOS))
+        pil, scale = scaled_photo(p)
+        img = np.asarray(pil)
         box = [round(v * scale) for v in p.photo.face_box]
         faces.append((p, img, box, DlibModels.get().landmarks68(img, box)))
     times = np.arange(int(round(seconds * fps))) / fps
@@ -226,8 +226,7 @@ def speaking_head(
         "ffmpeg", "-nostdin", "-y", "-v", "error",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}", "-r", str(fps), "-i", "pipe:0",
         "-stream_loop", "-1", "-i", str(audio),
-        "-map", "0:v", "-map", "1:a", "-c:a", "aac", "-b:a", "96k", "-ar", str(audio_rate), "-ac", str(channels),
-        "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p",
+        "-map", "0:v", "-map", "1:a", *aac(audio_rate, channels), *H264,
         "-t", f"{seconds}", "-movflags", "+faststart", str(out),
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE)

@@ -32,7 +32,7 @@ if __name__ == "__main__":
 
 
 def tiny_clip() -> Path:
-    from pipeline.synth import Placement, astronaut, speech_wav, talking_head
+    from pipeline.demo.synth import Placement, astronaut, speech_wav, talking_head
 
     path = OUT / "tiny.mp4"
     if not path.exists():

@@ -47,13 +47,13 @@ import numpy as np
 
 from pipeline.clip import BuildContext, make_sample, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FaceConfig, FilterConfig
+from pipeline.demo.synth import Placement, astronaut, speech_wav, talking_head
 from pipeline.faces import DlibModels, Face, SpeakerTracker, embed_faces
 from pipeline.media import DecodedFrame, MediaInfo, decode_audio, decode_frames_on_grid, probe
 from pipeline.records import Clip
 from pipeline.shards import write_clip_tar
 from pipeline.sources import Source
 from pipeline.speech import speech_windows
-from pipeline.synth import Placement, astronaut, speech_wav, talking_head
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "bench"

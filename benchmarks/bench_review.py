@@ -31,8 +31,8 @@ def synthetic_queue(out: Path, n: int, per_clip: int = 100, decided: float = 0.3
     """An OUT whose review database holds `n` queued windows (a `decided` share reviewed by two people)."""
     from PIL import Image
 
-    from pipeline.review import open_db
-    from pipeline.reviewdb import ClipRow, ItemRow
+    from pipeline.review.db import ClipRow, ItemRow
+    from pipeline.review.queue import open_db
     from pipeline.shards import write_clip_tar
     from pipeline.speech import wav_bytes
 
@@ -109,7 +109,7 @@ def timed(host: str, port: int, method: str, path: str, body: dict | None = None
 
 def main(n: int = 10_000) -> dict:
     from flows.review_app import ReviewServer, create_app
-    from pipeline.review import open_db
+    from pipeline.review.queue import open_db
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()

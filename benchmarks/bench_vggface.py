@@ -33,8 +33,8 @@ import torch
 from PIL import Image
 
 from pipeline.config import VGGFACE_WEIGHTS_ENV, VGGFaceConfig
-from pipeline.synth import astronaut, grace_hopper
-from pipeline.vggface import BLOCKS, VGGFace, VGGFaceExtractor, decode_crop, init_random_
+from pipeline.demo.synth import astronaut, grace_hopper
+from pipeline.models.vggface import BLOCKS, VGGFace, VGGFaceExtractor, decode_crop, init_random_
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "bench"

@@ -77,7 +77,7 @@ VGGFACE_TARS_PER_TASK = 512
 
 @task(name="vggface", cache_policy=NO_CACHE)
 def vggface_task(tars: list[Path], cfg: VGGFaceConfig, weights: str):
-    from pipeline.vggface import add_vggface, get_extractor
+    from pipeline.models.vggface import add_vggface, get_extractor
 
     # Flows sharing a GPU queue on the server's "gpu" concurrency limit (`prefect gcl create gpu --limit 1`);
     # where there is none, Prefect logs that it does not exist and the task runs at once.
@@ -89,7 +89,7 @@ def vggface_task(tars: list[Path], cfg: VGGFaceConfig, weights: str):
 
 def vggface_weights(cfg: VGGFaceConfig) -> str | None:
     """The VGG-Face weights file (checked before any clip work), or None after saying once that the stage is off."""
-    from pipeline.vggface import STAGE_OFF, resolve_weights
+    from pipeline.models.vggface import STAGE_OFF, resolve_weights
 
     weights = resolve_weights(cfg)
     if weights is None:

@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         return trainer_cli.run(args)
 
     if args.command == "demo":
-        from pipeline.demo import make_demo_media
+        from pipeline.demo.media import make_demo_media
 
         make_demo_media(Path(args.media))
         manifest, mirror = DEMO_MANIFEST, args.media
@@ -133,7 +133,7 @@ def _vggface(args: argparse.Namespace) -> int:
     import dataclasses
 
     from pipeline.config import load_config
-    from pipeline.vggface import STAGE_OFF, add_vggface_to_build, get_extractor, resolve_weights
+    from pipeline.models.vggface import STAGE_OFF, add_vggface_to_build, get_extractor, resolve_weights
 
     cfg = load_config(args.config).vggface
     if args.weights:

@@ -18,8 +18,8 @@ from prefect.input import RunInput
 
 from pipeline.build import format_summary
 from pipeline.config import Config, load_config
-from pipeline.publish import publish
-from pipeline.review import open_db, queue_out
+from pipeline.review.publish import publish
+from pipeline.review.queue import open_db, queue_out
 
 RUN_KEY, API_KEY = "curate_flow_run", "curate_api_url"
 

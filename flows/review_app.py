@@ -25,9 +25,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTex
 from pydantic import BaseModel, Field
 
 from pipeline.config import Config
-from pipeline.review import describe, open_db
-from pipeline.reviewdb import STATUSES, Filters
-from pipeline.reviewmedia import MEDIA, StaleIndex, card_media, inside
+from pipeline.review.db import STATUSES, Filters
+from pipeline.review.media import MEDIA, StaleIndex, card_media, inside
+from pipeline.review.queue import describe, open_db
 
 HERE = Path(__file__).resolve().parent
 STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {out} has no clips.jsonl: build it first (voiceface build / make shards)", file=sys.stderr)
         return 2
     if args.command == "queue":
-        from pipeline.review import queue_out
+        from pipeline.review.queue import queue_out
 
         try:
             stats = queue_out(out, cfg.review, args.clip, args.identity, args.reviewer, _path(args.mirror))
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "publish":
         from pipeline.build import format_summary
-        from pipeline.publish import publish
+        from pipeline.review.publish import publish
 
         print(format_summary(publish(out, cfg)))
         print(f"shards: {out / 'shards'}\nclips: {out / 'clips.jsonl'}\nreport: {out / 'summary.json'}")
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.command == "review":
         from flows.review_app import serve
-        from pipeline.review import db_path, queue_out
+        from pipeline.review.queue import db_path, queue_out
 
         if not db_path(out).exists():
             queue_out(out, cfg.review)
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 def _curate(args: argparse.Namespace, out: Path, cfg, token: str | None) -> int:
     from flows.curate import curate
     from flows.review_app import ReviewServer, create_app, is_loopback
-    from pipeline.review import open_db
+    from pipeline.review.queue import open_db
 
     server = None
     url = None

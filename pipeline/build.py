@@ -26,7 +26,7 @@ from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
 from .report import RunReport
-from .review import ReviewGate, build_clips, fill_queue, load_gate
+from .review.queue import ReviewGate, build_clips, fill_queue, load_gate
 from .shards import SHARD_DIR, atomic_write_bytes, clean_interrupted, pack_shards
 
 DEFAULT_OPTOUT = Path(__file__).resolve().parents[1] / "manifests" / "optout.txt"

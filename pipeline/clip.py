@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import PIPELINE_VERSION, neural_vad, quality
+from . import PIPELINE_VERSION, quality
 from .avsync import AVSyncTracker
 from .config import SAMPLE_RATE, Config
 from .faces import Face, SpeakerTracker, embed_faces
 from .features import log_mel, speech2face_stft, tile_to
 from .media import decode_audio, decode_frames_on_grid, probe
+from .models import neural_vad
 from .reasons import ClipError, Reason, is_final
 from .records import Clip, ClipStatus, samples_to_seconds
 from .shards import atomic_write_bytes, write_clip_tar

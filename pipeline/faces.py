@@ -203,7 +203,7 @@ def embed_faces(faces: list[Face], cfg: FaceConfig, models: DlibModels | None = 
     if not todo:
         return
     if cfg.embedder == "torch":
-        from .dlib_resnet import embed_chips
+        from .models.dlib_resnet import embed_chips
 
         vectors = embed_chips(_torch_embedder(cfg.torch_threads), np.stack([f.chip for f in todo]))
     else:
@@ -217,7 +217,7 @@ def _torch_embedder(threads: int):
     """One shared model per process (inference is thread-safe); torch threads capped, since clips run in parallel."""
     import torch
 
-    from .dlib_resnet import load_dlib_resnet
+    from .models.dlib_resnet import load_dlib_resnet
 
     if threads > 0:
         torch.set_num_threads(threads)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.synth import Placement, astronaut, grace_hopper, no_face, silence_wav, speech_wav, talking_head
+from pipeline.demo.synth import Placement, astronaut, grace_hopper, no_face, silence_wav, speech_wav, talking_head
 from tests.httpserver import RangeServer
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

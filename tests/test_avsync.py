@@ -11,11 +11,11 @@ import pytest
 from pipeline.avsync import AVSyncTracker, loudness_db, mouth_opening, sync_score
 from pipeline.clip import BuildContext, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FilterConfig, ReviewConfig
+from pipeline.demo.synth import Placement, astronaut, grace_hopper, speaking_head, speech_wav, talking_head
 from pipeline.media import decode_frames_on_grid, probe
 from pipeline.records import Clip
-from pipeline.review import queue_reasons
+from pipeline.review.queue import queue_reasons
 from pipeline.shards import read_clip_tar
-from pipeline.synth import Placement, astronaut, grace_hopper, speaking_head, speech_wav, talking_head
 from tests.conftest import H, W
 
 SECONDS = 16

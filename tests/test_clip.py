@@ -9,9 +9,9 @@ from PIL import Image
 
 from pipeline.clip import BuildContext, run_clip
 from pipeline.config import Config, FaceConfig
+from pipeline.demo.synth import face_centre_at
 from pipeline.records import Clip
 from pipeline.shards import read_clip_tar
-from pipeline.synth import face_centre_at
 from tests.conftest import best_lag, read_wav
 
 

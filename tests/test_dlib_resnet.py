@@ -1,4 +1,4 @@
-"""pipeline.dlib_resnet against dlib itself: the torch port of dlib's face ResNet must give dlib's descriptors."""
+"""pipeline.models.dlib_resnet against dlib itself: the torch port must give dlib's own descriptors."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.synth import astronaut, grace_hopper
+from pipeline.demo.synth import astronaut, grace_hopper
 
 dlib = pytest.importorskip("dlib")
 frm = pytest.importorskip("face_recognition_models")
-dr = pytest.importorskip("pipeline.dlib_resnet")
+dr = pytest.importorskip("pipeline.models.dlib_resnet")
 
 TOL = 1e-4  # measured max abs difference: ~3e-7 (descriptor entries are up to ~0.4)
 

@@ -2,8 +2,8 @@ import numpy as np
 from PIL import Image
 
 from pipeline.config import FaceConfig
+from pipeline.demo.synth import astronaut, grace_hopper, no_face
 from pipeline.faces import Face, SpeakerTracker, embed_faces
-from pipeline.synth import astronaut, grace_hopper, no_face
 
 
 def canvas(*items, size=(640, 360)):

@@ -12,12 +12,12 @@ import pytest
 
 from pipeline.clip import BuildContext, run_clip
 from pipeline.config import Config
+from pipeline.demo.synth import Placement, astronaut, grace_hopper, talking_head
 from pipeline.faces import SpeakerTracker
 from pipeline.quality import NOSE_DEPTH, NOSE_DROP, clipping, head_pose, out_of_frame, snr_db
 from pipeline.records import Clip
 from pipeline.report import RunReport
 from pipeline.shards import read_clip_tar
-from pipeline.synth import Placement, astronaut, grace_hopper, talking_head
 from tests.conftest import H, W
 
 LENIENT = {"min_det_score": -10, "min_sharpness": 0, "max_yaw_deg": 90, "max_pitch_deg": 90, "max_out_of_frame": 1}

@@ -113,7 +113,7 @@ def test_cutaways_to_another_real_person_are_removed_and_the_speaker_kept(tmp_pa
 
 def test_real_voices_pass_the_vad():
     from pipeline.config import FilterConfig, SpeechConfig
-    from pipeline.neural_vad import speech_shares
+    from pipeline.models.neural_vad import speech_shares
     from pipeline.speech import speech_windows
 
     shares = []

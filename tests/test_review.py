@@ -23,8 +23,8 @@ from PIL import Image, ImageFilter
 from pipeline.build import finish_build, plan_build
 from pipeline.clip import run_clip
 from pipeline.config import Config, ReviewConfig
-from pipeline.publish import publish
-from pipeline.review import (
+from pipeline.review.publish import publish
+from pipeline.review.queue import (
     clips_in_out,
     db_path,
     fill_queue,

@@ -15,9 +15,8 @@ from PIL import Image
 
 from flows.cli import main as cli
 from pipeline.config import Config, ShardConfig, VGGFaceConfig
-from pipeline.shards import pack_shards, read_clip_tar, write_clip_tar
-from pipeline.synth import astronaut, grace_hopper
-from pipeline.vggface import (
+from pipeline.demo.synth import astronaut, grace_hopper
+from pipeline.models.vggface import (
     MEAN_RGB,
     MEMBER,
     STAGE_OFF,
@@ -33,6 +32,7 @@ from pipeline.vggface import (
     read_dag_weights,
     resolve_weights,
 )
+from pipeline.shards import pack_shards, read_clip_tar, write_clip_tar
 
 DAG_KEYS = [f"{n}.{p}" for block in ("1_1 1_2", "2_1 2_2", "3_1 3_2 3_3", "4_1 4_2 4_3", "5_1 5_2 5_3")
             for n in (f"conv{b}" for b in block.split()) for p in ("weight", "bias")]  # fmt: skip

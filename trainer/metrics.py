@@ -89,8 +89,8 @@ def face_chip(image: np.ndarray) -> np.ndarray:
 
 
 def embed_faces(images) -> np.ndarray:
-    """uint8 RGB images → (N, 128) dlib embeddings, with pipeline.dlib_resnet (dlib's network in torch, batched)."""
-    from pipeline.dlib_resnet import embed_chips, load_dlib_resnet
+    """uint8 RGB images → (N, 128) dlib embeddings (pipeline.models.dlib_resnet: dlib's network in torch, batched)."""
+    from pipeline.models.dlib_resnet import embed_chips, load_dlib_resnet
 
     chips = np.stack([face_chip(im) for im in images])
     return embed_chips(load_dlib_resnet(), chips)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import SAMPLE_RATE
-from .reviewdb import ReviewDB
-from .speech import wav_bytes
+from ..config import SAMPLE_RATE
+from ..speech import wav_bytes
+from .db import ReviewDB
 
 KEY_RE = re.compile(r"[A-Za-z0-9_-]{1,200}")  # sample keys: clip ids are [A-Za-z0-9_-], then -NNNNN
 CONTEXT_S = 4.0
@@ -99,8 +99,8 @@ def wav_samples(data: bytes) -> np.ndarray:
 
 def context_from_source(source: Path, start_s: float, end_s: float, seconds: float = CONTEXT_S) -> bytes | None:
     """`seconds` of the source's audio centred on the window [start_s, end_s] (source timeline)."""
-    from .media import decode_audio
-    from .reasons import ClipError
+    from ..media import decode_audio
+    from ..reasons import ClipError
 
     lo = max(0.0, (start_s + end_s) / 2 - seconds / 2)
     try:

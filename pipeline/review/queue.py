@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import quality
-from .config import ReviewConfig
-from .quality import medoid_distances
-from .reasons import QueueReason, Reason
-from .records import Clip, ClipStatus
-from .reviewdb import ClipRow, ItemRow, ReviewDB, now
+from .. import quality
+from ..config import ReviewConfig
+from ..quality import medoid_distances
+from ..reasons import QueueReason, Reason
+from ..records import Clip, ClipStatus
+from .db import ClipRow, ItemRow, ReviewDB, now
 
 REVIEW_DIR = "review"
 META_FIELDS = ("window_start", "window_end", "frame_time", "bbox", "source", "speaker_choice", "faces_seen")
@@ -216,7 +216,7 @@ def fill_queue(out: Path, clips: list[QueueClip], cfg: ReviewConfig) -> dict:
 
 def build_clips(out: Path, clips: list[tuple[Clip, ClipStatus]], mirror: Path | None, base_dir: Path | None):
     """QueueClips for a build's ok clips, with their source file when it is a local file or in the mirror."""
-    from .sources import find_in_mirror, local_path
+    from ..sources import find_in_mirror, local_path
 
     result = []
     for clip, status in clips:
@@ -235,7 +235,7 @@ def clips_in_out(out: Path, mirror: Path | None = None) -> tuple[list[ClipStatus
     clips.jsonl says (an earlier review may have emptied it). Sources come from the last fill, the mirror, or
     an absolute path in the samples.
     """
-    from .sources import find_in_mirror, local_path
+    from ..sources import find_in_mirror, local_path
 
     out = Path(out)
     jsonl = out / "clips.jsonl"

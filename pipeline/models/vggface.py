@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from .config import VGGFACE_WEIGHTS_ENV, VGGFaceConfig, resolve_weights  # noqa: F401 (re-exported)
-from .shards import SHARD_DIR, clean_interrupted, read_clip_tar, write_clip_tar
+from ..config import VGGFACE_WEIGHTS_ENV, VGGFaceConfig, resolve_weights  # noqa: F401 (re-exported)
+from ..shards import SHARD_DIR, clean_interrupted, read_clip_tar, write_clip_tar
 
 MEMBER = "vggface.npy"  # float16 (4096,) per sample
 INPUT_SIZE = 224

@@ -208,7 +208,7 @@ def speaking_head(
     `mouth_offset_s` later. A different sound or an offset gives a mouth out of sync with what is heard, the
     case the AV-sync score must flag; the other faces listen (their mouths stay still).
     A bare Photo is one 150 px face at the frame's centre."""
-    from .faces import DlibModels
+    from ..faces import DlibModels
 
     w, h = size
     if isinstance(placements, Photo):

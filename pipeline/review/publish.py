@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .build import write_outputs
-from .clip import BuildContext
-from .config import Config
-from .review import clips_in_out, load_gate
+from ..build import write_outputs
+from ..clip import BuildContext
+from ..config import Config
+from .queue import clips_in_out, load_gate
 
 
 def publish(out: str | Path, cfg: Config | None = None) -> dict:

@@ -48,12 +48,12 @@ import numpy as np
 from pipeline.clip import BuildContext, make_sample, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FaceConfig, FilterConfig
 from pipeline.demo.synth import Placement, astronaut, speech_wav, talking_head
-from pipeline.faces import DlibModels, Face, SpeakerTracker, embed_faces
+from pipeline.faces import DlibModels, SpeakerTracker, embed_faces
 from pipeline.media import DecodedFrame, MediaInfo, decode_audio, decode_frames_on_grid, probe
-from pipeline.records import Clip
-from pipeline.shards import write_clip_tar
+from pipeline.records import Clip, Face, SpeakerChoice
 from pipeline.sources import Source
 from pipeline.speech import speech_windows
+from pipeline.tars import write_samples
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "out" / "bench"
@@ -155,12 +155,12 @@ def pin_to_one_core() -> str:
 
 def warm_up() -> None:
     """Load what the pipeline loads lazily, so that no stage pays for it."""
-    import webdataset  # noqa: F401  (imported by write_clip_tar)
+    import webdataset  # noqa: F401  (imported by write_samples)
     import webrtcvad  # noqa: F401  (imported by speech.new_vad)
 
     DlibModels.get().landmarks68(np.zeros((8, 8, 3), np.uint8), (0, 0, 4, 4))  # loads the 68-point model
     # the torch embedder (model parse + first-call setup), as a long-running worker has it loaded
-    face = Face((0, 0, 1, 1), [], 0.0, np.zeros((1, 1, 3), np.uint8), np.zeros((150, 150, 3), np.uint8), 1, "only")
+    face = Face((0, 0, 1, 1), [], 0.0, np.zeros((1, 1, 3), np.uint8), np.zeros((150, 150, 3), np.uint8), 1, SpeakerChoice.ONLY)
     embed_faces([face], FaceConfig())
 
 
@@ -195,7 +195,7 @@ def bench_stages(bench: Bench, video: Path, cfg: Config) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp, bench.stage("JPEG encode + samples + tar"):
         samples = make_samples(video, cfg, by_index, audio, frames, faces)
-        written = write_clip_tar(Path(tmp) / "bench.tar", samples, cfg.shards.mtime)
+        written = write_samples(Path(tmp) / "bench.tar", samples, cfg.shards.mtime)
     return {
         "windows_cut": n_cut,
         "speech_windows": len(windows),

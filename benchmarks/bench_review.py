@@ -33,8 +33,8 @@ def synthetic_queue(out: Path, n: int, per_clip: int = 100, decided: float = 0.3
 
     from pipeline.review.db import ClipRow, ItemRow
     from pipeline.review.queue import open_db
-    from pipeline.shards import write_clip_tar
     from pipeline.speech import wav_bytes
+    from pipeline.tars import write_samples
 
     rng = np.random.default_rng(seed)
     tar = out / ".work" / "clips" / "synthetic.tar"
@@ -43,7 +43,7 @@ def synthetic_queue(out: Path, n: int, per_clip: int = 100, decided: float = 0.3
     Image.fromarray(rng.integers(0, 255, (224, 224, 3), dtype=np.uint8), "RGB").save(jpg, "JPEG")
     sample = {"__key__": "synthetic-00000", "jpg": jpg.getvalue(), "wav": wav_bytes(np.zeros(16000, np.int16)),
               "json": b"{}"}  # fmt: skip
-    write_clip_tar(tar, [sample], 0.0)
+    write_samples(tar, [sample], 0.0)
     import tarfile
 
     with tarfile.open(tar) as t:

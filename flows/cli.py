@@ -62,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser(
         "vggface",
         help="add VGG-Face features (vggface.npy) to a finished build",
-        description="Add the VGG-Face fc7 feature (vggface.npy) to every sample of OUT/shards and of the per-clip "
-        "tars in OUT/.work, rewriting each tar atomically. Samples that have it with the same settings are skipped.",
+        description="Compute the VGG-Face fc7 feature (vggface.npy) of every sample of OUT's finished clips into "
+        "sidecars (OUT/.work/vggface), then repack the shards with them. The clip tars are only read; features "
+        "already there with the same settings and crop are skipped.",
     )
     v.add_argument("out", help="a build's output directory")
     v.add_argument("--config", help="YAML config file (its vggface section is used)")
@@ -135,7 +136,8 @@ def _vggface(args: argparse.Namespace) -> int:
     from pipeline.config import load_config
     from pipeline.models.vggface import STAGE_OFF, add_vggface_to_build, get_extractor, resolve_weights
 
-    cfg = load_config(args.config).vggface
+    full = load_config(args.config)
+    cfg = full.vggface
     if args.weights:
         cfg = dataclasses.replace(cfg, weights=args.weights)
     weights = resolve_weights(cfg)
@@ -147,8 +149,12 @@ def _vggface(args: argparse.Namespace) -> int:
         return 2
     extractor = get_extractor(cfg, weights)
     print(extractor.describe())
-    report, clip_tars = add_vggface_to_build(Path(args.out), extractor, force=args.force)
-    print(f"{report}\nper-clip tars updated: {clip_tars}")
+    report = add_vggface_to_build(Path(args.out), extractor, force=args.force)
+    print(report)
+    from pipeline.review.publish import publish
+
+    summary = publish(args.out, full)  # the shards again, with the sidecars merged (no media work)
+    print(f"shards repacked: {summary['samples']} samples")
     return 0
 
 

@@ -21,13 +21,15 @@ from pathlib import Path
 from . import PIPELINE_VERSION
 from .clip import BuildContext, cached_status, read_status, split_of
 from .config import Config
+from .enrich import sidecar_path
 from .labels import CAE_INDEX_FILE, LABELS_FILE, CaeIndex, update_labels
 from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
 from .report import RunReport
 from .review.queue import ReviewGate, build_clips, fill_queue, load_gate
-from .shards import SHARD_DIR, atomic_write_bytes, clean_interrupted, pack_shards
+from .shards import SHARD_DIR, clean_interrupted, pack_shards
+from .tars import atomic_write_bytes
 
 DEFAULT_OPTOUT = Path(__file__).resolve().parents[1] / "manifests" / "optout.txt"
 
@@ -186,8 +188,9 @@ def _pack_unless_unchanged(
     would write. What packing observed (report data, review outcomes) is kept with the record."""
     digest = hashlib.sha1(repr((PIPELINE_VERSION, dataclasses.asdict(ctx.cfg.shards))).encode())
     for tar, split in packed:
-        st = tar.stat()
-        digest.update(f"{tar.name}|{split}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+        for path in (tar, sidecar_path(tar)):  # a new sidecar (features) changes the shards too
+            st = path.stat() if path.exists() else None
+            digest.update(f"{path.name}|{split}|{st and st.st_size}|{st and st.st_mtime_ns}\n".encode())
     if gate is not None:
         digest.update(gate.fingerprint().encode())
     cae = CaeIndex() if ctx.cfg.extras.cae_index or (ctx.out / CAE_INDEX_FILE).exists() else None

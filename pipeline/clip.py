@@ -1,37 +1,42 @@
-"""One clip from source to samples: resolve → probe → audio → speech windows → frames → faces.
+"""The clip runner: one clip from source to samples through the stages of pipeline/stages
+(source → decode → speech → faces → avsync → identity → extras).
 
-`run_clip` is the one place where a clip's failure is caught and turned into a status row, so one bad
-clip never stops a run; everything below it raises.
+`run_clip` is the one place where a clip's failure is caught and turned into a status row, so one bad clip
+never stops a run; every stage below it raises. The clip's counts (window rejections, flags, the speaker
+choice) are derived from the records the stages emit. Its kept samples go to `.work/clips/<id>.tar`, and every
+rejected window to `.work/rejected/<id>.jsonl` (reason, measures, times), with the sample it would have made
+in `.work/rejected/<id>.tar` where a face was found, so a reviewer can rescue it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import shutil
+import statistics
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-from . import PIPELINE_VERSION, quality
-from .avsync import AVSyncTracker
+from . import PIPELINE_VERSION
 from .config import SAMPLE_RATE, Config
-from .faces import Face, SpeakerTracker, embed_faces
-from .features import log_mel, speech2face_stft, tile_to
-from .media import decode_audio, decode_frames_on_grid, probe
-from .models import neural_vad
 from .reasons import ClipError, Reason, is_final
-from .records import Clip, ClipStatus, samples_to_seconds
-from .shards import atomic_write_bytes, write_clip_tar
-from .sources import Source, resolve_source
-from .speech import speech_windows, voiced, wav_bytes
+from .records import Clip, ClipStatus, FaceHit, SpeakerChoice, Verdict, samples_to_seconds, window_key
 from .splits import split_for_identity
+from .stages.avsync import AVSyncStage
+from .stages.decode import FrameGrid, decode_clip_audio, decode_frames
+from .stages.extras import SampleMaker
+from .stages.faces import FaceStage
+from .stages.identity import IdentityStage
+from .stages.source import SourceStage
+from .stages.speech import SpeechStage
+from .tars import atomic_write_bytes, write_samples
+
+
+def rejected_dir(out: Path) -> Path:
+    """OUT/.work/rejected: each clip's rejected windows (<id>.jsonl) and the samples of those with a face (<id>.tar)."""
+    return Path(out) / ".work" / "rejected"
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,12 @@ class BuildContext:
 
     def clip_status_path(self, clip_id: str) -> Path:
         return self.work / "clips" / f"{clip_id}.json"
+
+    def rejected_tar(self, clip_id: str) -> Path:
+        return rejected_dir(self.out) / f"{clip_id}.tar"
+
+    def rejected_log(self, clip_id: str) -> Path:
+        return rejected_dir(self.out) / f"{clip_id}.jsonl"
 
     def download_dir(self, clip_id: str) -> Path:
         return self.work / "sources" / clip_id
@@ -122,183 +133,61 @@ def read_status(ctx: BuildContext, clip_id: str) -> ClipStatus | None:
 
 
 def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None] | None = None) -> ClipStatus:
-    """Resolve, decode and cut one clip, writing its samples to the clip tar. Raises ClipError."""
+    """Chain the stages over one clip, writing its samples and its rejected windows. Raises ClipError."""
     cfg = ctx.cfg
-    src = resolve_source(clip, cfg.download, ctx.work / "sources", ctx.mirror, ctx.base_dir, gate=download_gate)
-    info = probe(src.path)
-    if not info.has_video:
-        raise ClipError(Reason.NO_VIDEO, f"{src.path.name} has no video stream")
-    if not info.has_audio:
-        raise ClipError(Reason.NO_AUDIO, f"{src.path.name} has no audio stream")
-
-    # the clip on the file's own timeline (a downloaded segment starts at the segment's start)
-    clip_start = clip.start or 0
-    file_start_s = samples_to_seconds(clip_start - src.offset) if clip.start is not None else 0.0
-    if file_start_s < 0 or file_start_s >= info.duration:
-        raise ClipError(
-            Reason.SEGMENT_OUT_OF_RANGE,
-            f"start {samples_to_seconds(clip_start):.3f}s is past the video's end",
-        )
-    duration_s = samples_to_seconds(clip.end - clip_start) if clip.end is not None else None
-    audio = decode_audio(src.path, file_start_s, duration_s)
-    expected_s = min(duration_s or float("inf"), info.duration - file_start_s)
-    got_s = len(audio) / SAMPLE_RATE
-    if expected_s - got_s > max(0.5, 0.1 * expected_s):
-        raise ClipError(Reason.CORRUPT_MEDIA, f"decoded {got_s:.2f}s of audio where {expected_s:.2f}s were expected")
-
+    media = SourceStage(cfg.download, ctx.work / "sources", ctx.mirror, ctx.base_dir)(clip, download_gate)
+    audio = decode_clip_audio(media, cfg)
+    windows, rejected = SpeechStage(cfg.speech, cfg.filters)(audio)
+    n_cut = len(windows) + len(rejected)
     W = cfg.speech.window_samples
-    clip_audio = audio  # the audio as the video has it (before any tiling), for the AV-sync score
-    windows, n_cut = speech_windows(audio, cfg.speech)
-    tiled_from = None
-    if n_cut == 0 and cfg.extras.tile_short and len(audio) >= W // 16:
-        tiled_from = len(audio)  # Speech2Face's reference tiles a short clip to its 6 s
-        audio = tile_to(audio, W)
-        windows, n_cut = speech_windows(audio, cfg.speech)
     if n_cut == 0:
+        got_s = len(audio.original) / SAMPLE_RATE
         raise ClipError(Reason.TOO_SHORT, f"{got_s:.2f}s of audio is shorter than one {W}-sample window")
-    rejections: Counter[str] = Counter({str(Reason.NO_SPEECH): n_cut - len(windows)} if n_cut > len(windows) else {})
-    measures: dict[int, dict] = {}  # window index -> what the filters measured
-    clean = []
-    shares = neural_vad.speech_shares(audio, [w.start for w in windows], W) if cfg.filters.music_noise else None
-    for i, w in enumerate(windows):
-        chunk = audio[w.start : w.start + W]
-        m = measures[w.index] = {"clipping": quality.clipping(chunk), "snr_db": quality.snr_db(chunk)}
-        if shares is not None:
-            m["neural_speech"] = round(float(shares[i]), 3)
-        if reason := quality.speech_reason(m["clipping"], m["snr_db"], cfg.filters, m.get("neural_speech")):
-            rejections[str(reason)] += 1
-        else:
-            clean.append(w)
-    if not clean:
+    split = split_of(clip, ctx)
+    make = SampleMaker(media, audio, split, cfg)
+    if not windows:
+        counts = window_counts(rejected)
         detail = f"none of {n_cut} windows has speech ratio >= {cfg.speech.min_speech_ratio}"
         reason = Reason.NO_SPEECH
-        if windows:
-            reason = Reason(max((r for r in rejections if r != Reason.NO_SPEECH), key=rejections.get))
-            detail = f"no window passed the speech filters: {dict(rejections)}"
-        raise ClipError(reason, detail, windows_total=n_cut, window_rejections=dict(rejections))
-    windows = clean
+        if any(v.reason != Reason.NO_SPEECH for v in rejected):
+            reason = Reason(max((r for r in counts if r != Reason.NO_SPEECH), key=counts.get))
+            detail = f"no window passed the speech filters: {dict(counts)}"
+        write_rejected(ctx, clip, rejected, make)
+        raise ClipError(reason, detail, windows_total=n_cut, window_rejections=dict(counts))
 
-    split = split_of(clip, ctx)
-    tracker = SpeakerTracker(cfg.faces, clip.hint)
-    by_index = {w.index: w for w in windows}
-    period_s = W / SAMPLE_RATE
-    choices: Counter[str] = Counter()
-    seen: set[int] = set()  # windows whose frame(s) were decoded
-    done: set[int] = set()  # ... and that have a face passing the filters
-    last_reason: dict[int, str] = {}
-    flags: Counter[str] = Counter()  # written windows that carry a flag (av_unsynced)
-    ex = cfg.extras
-    if ex.first_good_face:  # frames every step over the window's first span; the first good face is used
-        step, first = ex.first_face_step_s, 1e-3  # a grid time just after 0 selects the window's first frame
-        n_frames = int(round(n_cut * period_s / step))
-    else:  # the frame at the window's centre
-        step, first, n_frames = period_s, period_s / 2, n_cut
+    grid = FrameGrid.for_clip(cfg, n_cut)
+    faces = FaceStage(cfg.faces, cfg.filters, windows, grid, clip.hint)
+    av = AVSyncStage(cfg.filters, audio, media.file_start_s, faces.models) if cfg.filters.av_sync else None
+    identity = IdentityStage(cfg.faces, cfg.filters)
+    choices: Counter[str] = Counter()  # how each face that passed the face filters was chosen
+    hits: list[FaceHit] = []  # faces that passed every stage so far, in the order they are written
 
-    av = None
-    if cfg.filters.av_sync:
-        av = AVSyncTracker(cfg.filters, clip_audio, file_start_s, tracker.models.landmarks68)
+    def take(out: Iterable[FaceHit | Verdict]) -> None:
+        for o in out:
+            (rejected if isinstance(o, Verdict) else hits).append(o)
 
-    def synced(ready):
-        """Face items whose AV-sync score is in: measures added; rejected when so configured."""
-        for item, score in ready:
-            item[3].update(score)  # the window's measures
-            if score["av_unsynced"] and cfg.filters.reject_av_unsynced:
-                rejections[str(Reason.AV_UNSYNCED)] += 1
-                continue
-            yield item
-
-    def faces():
-        f = cfg.filters
-        context = (f.av_sync_span_s, f.av_sync_step_s) if av else (0.0, 0.0)
-        frames = decode_frames_on_grid(src.path, info, file_start_s, first, step, n_frames, *context)
-        for frame in frames:
-            if not frame.on_grid:  # a grey context frame, for the AV-sync score only
-                yield from synced(av.push(frame.time, frame.rgb))  # type: ignore[union-attr]
-                continue
-            if ex.first_good_face:
-                t = frame.index * step
-                k = int(round(t * SAMPLE_RATE)) // W
-                if t - k * period_s > ex.first_face_span_s + 1e-6:
-                    continue
-            else:
-                k = frame.index
-            win = by_index.get(k)
-            if win is None or k in done or (k in seen and not ex.first_good_face):
-                continue
-            seen.add(k)
-            face = tracker(frame.rgb)
-            if not isinstance(face, Face):
-                last_reason[k] = str(face)
-                continue
-            m = quality.face_measures(face, (frame.rgb.shape[1], frame.rgb.shape[0]))
-            if reason := quality.face_reason(face.det_score, m, cfg.filters):
-                last_reason[k] = str(reason)
-                continue
-            done.add(k)
-            choices[face.choice] += 1
-            item = (win, frame.time, face, {**measures[k], **m})
-            if av:
-                av.start(item, frame.time, face.bbox)
-            else:
-                yield item
+    for frame in decode_frames(media, grid, *(av.context if av else (0.0, 0.0))):
+        if not frame.on_grid:  # a grey context frame, for the AV-sync score only
+            take(av.push(frame))  # type: ignore[union-attr]
+            continue
+        if (hit := faces(frame)) is None:
+            continue
+        choices[hit.face.choice] += 1
         if av:
-            yield from synced(av.finish())
-
-    def samples():
-        pending: list[tuple] = []  # faces wait here to be embedded in one batch
-        for item in faces():
-            pending.append(item)
-            if len(pending) >= cfg.faces.embed_batch:
-                yield from flush(pending)
-        yield from flush(pending)
-
-    def flush(pending: list[tuple]):
-        embed_faces([face for _, _, face, _ in pending], cfg.faces)
-        for win, frame_time, face, m in pending:
-            sample = make_sample(clip, src, split, win, audio, frame_time, face, ctx, m, file_start_s, tiled_from)
-            yield sample, face.embedding
-        pending.clear()
-
-    def checked():
-        """The samples, less the identity outliers when embeddings are on (the clip is held in memory for it)."""
-        if not cfg.faces.embeddings:
-            yield from (sample for sample, _ in samples())
-            return
-        made = list(samples())
-        if len(made) < cfg.filters.min_identity_windows:
-            yield from (sample for sample, _ in made)
-            return
-        dist = quality.medoid_distances(np.stack([v for _, v in made]))
-        for (sample, _), d in zip(made, dist, strict=True):
-            if d > cfg.filters.max_identity_distance:
-                rejections[str(Reason.IDENTITY_MISMATCH)] += 1
-                continue
-            meta = json.loads(sample["json"])
-            meta["clip_identity_distance"] = round(float(d), 4)
-            sample["json"] = json.dumps(meta, sort_keys=True).encode()
-            yield sample
+            av.start(hit)
+        else:
+            hits.append(hit)
+    if av:
+        take(av.finish())
+    kept, mismatched = identity(identity.embed(hits))
+    rejected += mismatched + faces.finish()
 
     ctx.clip_tar(clip.clip_id).parent.mkdir(parents=True, exist_ok=True)
-    sync_scores: list[float] = []
-
-    def flagged(samples):
-        """Count the written samples that carry a flag, and gather their AV-sync scores."""
-        for sample in samples:
-            if av:
-                meta = json.loads(sample["json"])
-                if meta["av_sync"] is not None:
-                    sync_scores.append(meta["av_sync"])
-                if meta["av_unsynced"]:
-                    flags[str(Reason.AV_UNSYNCED)] += 1
-            yield sample
-
-    written = write_clip_tar(ctx.clip_tar(clip.clip_id), flagged(checked()), cfg.shards.mtime)
-    for k in seen - done:
-        rejections[last_reason[k]] += 1
-    missing = len(windows) - len(seen)
-    if missing:
-        rejections[str(Reason.FRAME_MISSING)] += missing
-    choice = "hint" if choices["hint"] else "largest" if choices["largest"] else None
+    written = write_samples(ctx.clip_tar(clip.clip_id), (make(h).encoded() for h in kept), cfg.shards.mtime)
+    write_rejected(ctx, clip, rejected, make, identity)
+    rejections = window_counts(rejected)
+    scores = [h.measures["av_sync"] for h in kept if h.measures.get("av_sync") is not None]
+    flags = Counter(str(Reason.AV_UNSYNCED) for h in kept if h.measures.get("av_unsynced"))
     status = ClipStatus(
         id=clip.clip_id,
         status="ok",
@@ -309,9 +198,9 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         windows_total=n_cut,
         window_rejections=dict(sorted(rejections.items())),
         window_flags=dict(sorted(flags.items())),
-        av_sync=round(float(np.median(sync_scores)), 3) if sync_scores else None,
-        speaker_choice=choice,
-        detail=f"{written} of {n_cut} windows written ({src.kind} source)",
+        av_sync=round(float(statistics.median(scores)), 3) if scores else None,
+        speaker_choice=speaker_choice(choices),
+        detail=f"{written} of {n_cut} windows written ({media.source.kind} source)",
     )
     if written == 0:
         face_reasons = {k: v for k, v in rejections.items() if k != Reason.NO_SPEECH}
@@ -322,86 +211,61 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
     return status
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
+def window_counts(rejected: list[Verdict]) -> Counter[str]:
+    """Rejected windows by reason: windows without speech first, then in the order the stages rejected them."""
+    counts: Counter[str] = Counter()
+    for v in sorted(rejected, key=lambda v: v.reason != Reason.NO_SPEECH):
+        counts[str(v.reason)] += 1
+    return counts
 
 
-def _jpg(rgb: np.ndarray, quality_: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb, "RGB").save(buf, "JPEG", quality=quality_)
-    return buf.getvalue()
+def speaker_choice(choices: Counter[str]) -> str | None:
+    """ "hint" or "largest" when the speaker was picked among several faces at least once."""
+    for choice in (SpeakerChoice.HINT, SpeakerChoice.LARGEST):
+        if choices[choice]:
+            return str(choice)
+    return None
 
 
-def augment_starts(key: str, centre: int, n_audio: int, cfg: Config) -> np.ndarray:
-    """Wav2Pix's augmentation: `augment` window starts drawn uniformly from the context around `centre`
-    (clip samples), seeded by (seed, key), so a rebuild draws the same windows."""
-    W, half = cfg.speech.window_samples, int(cfg.extras.augment_context_s * SAMPLE_RATE) // 2
-    hi_max = max(0, n_audio - W)
-    lo, hi = min(max(0, centre - half), hi_max), min(max(0, centre + half - W), hi_max)
-    seed = int.from_bytes(hashlib.sha1(f"{cfg.extras.seed}:{key}".encode()).digest()[:8], "little")
-    return np.random.default_rng(seed).integers(lo, max(lo, hi) + 1, cfg.extras.augment)
-
-
-def make_sample(
-    clip, src: Source, split, win, audio, frame_time_file_s, face: Face, ctx: BuildContext,
-    measures: dict | None = None, file_start_s: float = 0.0, tiled_from: int | None = None,
-) -> dict:  # fmt: skip
-    """One WebDataset sample (all members already bytes) for a speech window and its face, with the extra
-    members the config asks for (cfg.extras)."""
-    cfg = ctx.cfg
-    W = cfg.speech.window_samples
-    clip_start = clip.start or 0
-    offset_s = samples_to_seconds(src.offset)
-    meta = {
+def rejected_record(clip: Clip, v: Verdict, has_sample: bool) -> dict:
+    """One line of `<id>.rejected.jsonl`: what was measured on a rejected window, and why it went."""
+    w, start = v.window, clip.start or 0
+    rec = {
+        "key": window_key(clip.clip_id, w.index),
         "clip_id": clip.clip_id,
         "identity": clip.identity,
-        "source": clip.source,
-        "split": split,
-        "window_index": win.index,
-        "window_start": round(samples_to_seconds(clip_start + win.start), 6),
-        "window_end": round(samples_to_seconds(clip_start + win.start + W), 6),
-        "frame_time": round(offset_s + frame_time_file_s, 6),
-        "sample_rate": SAMPLE_RATE,
-        "window_samples": W,
-        "bbox": list(face.bbox),
-        "landmarks5": face.landmarks5,
-        "det_score": face.det_score,
-        "face_px": face.width,
-        "faces_seen": face.n_faces,
-        "speaker_choice": face.choice,
-        "speech_ratio": win.speech_ratio,
-        "rms_dbfs": win.rms_dbfs,
-        "crop_size": cfg.faces.crop_size,
-        "pipeline_version": PIPELINE_VERSION,
-        **(measures or {}),
+        "window_index": w.index,
+        "reason": str(v.reason),
+        "detail": v.detail,
+        "window_start": round(samples_to_seconds(start + w.start), 6),
+        "window_end": round(samples_to_seconds(start + w.start + w.length), 6),
+        "speech_ratio": w.speech_ratio,
+        "rms_dbfs": w.rms_dbfs,
+        "measures": v.measures,
+        "sample": has_sample,  # its sample (face crop and all) is in <id>.rejected.tar
     }
-    if clip.gender:
-        meta["gender"] = clip.gender
-    key = f"{clip.clip_id}-{win.index:05d}"
-    chunk = audio[win.start : win.start + W]
-    sample = {"__key__": key, "wav": wav_bytes(chunk), "jpg": _jpg(face.crop, cfg.faces.jpeg_quality)}
-    if tiled_from is not None:
-        meta["tiled_from"] = tiled_from  # samples of real audio the window repeats
-        meta["window_end"] = round(samples_to_seconds(clip_start + win.start + min(W, tiled_from)), 6)
-    ex = cfg.extras
-    for size in ex.face_sizes:
-        small = np.asarray(Image.fromarray(face.crop, "RGB").resize((size, size), Image.LANCZOS))
-        sample[f"face{size}.jpg"] = _jpg(small, cfg.faces.jpeg_quality)
-    if ex.augment:
-        centre = int(round((frame_time_file_s - file_start_s) * SAMPLE_RATE))
-        starts = augment_starts(key, centre, len(audio), cfg)
-        sample["aug.npy"] = _npy(np.stack([audio[s : s + W] for s in starts]).astype(np.int16))
-        meta["aug_starts"] = [round(samples_to_seconds(clip_start + int(s)), 6) for s in starts]
-    if ex.stft:
-        sample["stft.npy"] = _npy(speech2face_stft(chunk))
-    if ex.mel:
-        speech = voiced(chunk, cfg.speech)
-        speech = speech if len(speech) >= 400 else chunk  # too little VAD speech: the whole window
-        sample["mel.npy"] = _npy(log_mel(speech))
-        meta["mel_samples"] = len(speech)
-    sample["json"] = json.dumps(meta, sort_keys=True).encode()
-    if face.embedding is not None:
-        sample["dlib.npy"] = _npy(face.embedding.astype(np.float32))
-    return sample
+    if v.hit is not None:
+        rec["frame_time"] = v.hit.frame_time
+        rec["bbox"] = list(v.hit.face.bbox)
+        rec["det_score"] = v.hit.face.det_score
+    return rec
+
+
+def write_rejected(
+    ctx: BuildContext, clip: Clip, rejected: list[Verdict], make: SampleMaker, identity: IdentityStage | None = None
+) -> None:
+    """Every rejected window of the clip, as data: `rejected/<id>.jsonl`, and `rejected/<id>.tar` with the samples
+    of those where a face was found (embedded, so a rescued window is a whole sample)."""
+    rejected = sorted(rejected, key=lambda v: v.window.index)
+    with_face = [v for v in rejected if v.hit is not None]
+    tar, log = ctx.rejected_tar(clip.clip_id), ctx.rejected_log(clip.clip_id)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    if with_face:
+        hits = [v.hit for v in with_face]
+        if identity is not None:
+            hits = identity.embed(hits)  # type: ignore[arg-type]
+        write_samples(tar, (make(h).encoded() for h in hits), ctx.cfg.shards.mtime)  # type: ignore[arg-type]
+    else:
+        tar.unlink(missing_ok=True)
+    lines = [json.dumps(rejected_record(clip, v, v.hit is not None), sort_keys=True) for v in rejected]
+    atomic_write_bytes(log, "".join(line + "\n" for line in lines).encode())

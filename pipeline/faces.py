@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image
 
 from .config import FaceConfig
 from .reasons import Reason
+from .records import Face, SpeakerChoice
 
 Box = tuple[int, int, int, int]  # left, top, right, bottom in source-frame pixels
 FULL_FRAME_SIDE = 640  # first full-frame pass downsizes to this long side (finds faces >= 80/640 of it)
@@ -54,22 +55,6 @@ class DlibModels:
         if getattr(_local, "models", None) is None:
             _local.models = cls()
         return _local.models
-
-
-@dataclass
-class Face:
-    bbox: Box
-    landmarks5: list[list[int]]
-    det_score: float
-    crop: np.ndarray  # (crop_size, crop_size, 3) uint8 RGB
-    chip: np.ndarray | None  # (150, 150, 3) the embedder's own aligned chip, when embeddings are on
-    n_faces: int  # faces seen in the search area
-    choice: str  # only | hint | largest | track
-    embedding: np.ndarray | None = None  # (128,) float32, filled in batches by embed_faces
-
-    @property
-    def width(self) -> int:
-        return self.bbox[2] - self.bbox[0]
 
 
 @dataclass(frozen=True)
@@ -145,28 +130,32 @@ class SpeakerTracker:
                 return found
         return []
 
-    def _pick(self, found: list[Detection], frame_wh: tuple[int, int]) -> tuple[Detection | None, str]:
+    def _pick(self, found: list[Detection], frame_wh: tuple[int, int]) -> tuple[Detection | None, SpeakerChoice]:
         if self.prev is not None:
             near = min(found, key=lambda d: _dist(d.centre, self.prev.centre))
             if _dist(near.centre, self.prev.centre) <= 2 * self.prev.width:
-                return near, "track"
+                return near, SpeakerChoice.TRACK
         if self.hint is not None:
             point = (self.hint[0] * frame_wh[0], self.hint[1] * frame_wh[1])
             near = min(found, key=lambda d: _dist(d.centre, point))
             if _dist(near.centre, point) <= self.cfg.hint_max_dist * max(near.width, 1):
-                return near, "hint"
-            return None, "hint"
+                return near, SpeakerChoice.HINT
+            return None, SpeakerChoice.HINT
         if len(found) == 1:
-            return found[0], "only"
-        return max(found, key=lambda d: d.width), "largest"
+            return found[0], SpeakerChoice.ONLY
+        return max(found, key=lambda d: d.width), SpeakerChoice.LARGEST
 
-    def find(self, rgb: np.ndarray) -> tuple[Detection | None, str | Reason, int]:
+    def reset(self) -> None:
+        """Forget the previous face (after a shot cut): the next frame is searched whole."""
+        self.prev = None
+
+    def find(self, rgb: np.ndarray) -> tuple[Detection | None, SpeakerChoice | Reason, int]:
         """(speaker detection, how it was chosen, faces seen), or (None, reason, faces seen)."""
         h, w = rgb.shape[:2]
         for margin in self.cfg.roi_margins if self.prev is not None else ():
             if found := self._search_roi(rgb, margin):
                 best = min(found, key=lambda d: _dist(d.centre, self.prev.centre))
-                return best, "track", len(found)
+                return best, SpeakerChoice.TRACK, len(found)
         found = self._search_frame(rgb)
         if not found:
             return None, Reason.NO_FACE, 0
@@ -194,22 +183,26 @@ class SpeakerTracker:
         return Face(det.box, landmarks, round(det.score, 4), crop, chip, n, how)
 
 
-def embed_faces(faces: list[Face], cfg: FaceConfig, models: DlibModels | None = None) -> None:
-    """Fill each face's 128-D dlib ResNet embedding from its chip, as one batch.
+def embed_faces(faces: list[Face], cfg: FaceConfig, models: DlibModels | None = None) -> list[Face]:
+    """The faces with their 128-D dlib ResNet embedding from their chip, computed as one batch (faces with no
+    chip, or embedded already, come back as they are).
 
-    The default backend runs dlib's own weights in torch (pipeline/dlib_resnet.py: the same vectors to ~1e-6,
-    ~14x faster on a CPU); `embedder: dlib` calls dlib itself."""
-    todo = [f for f in faces if f.chip is not None and f.embedding is None]
+    The default backend runs dlib's own weights in torch (pipeline/models/dlib_resnet.py: the same vectors to
+    ~1e-6, ~14x faster on a CPU); `embedder: dlib` calls dlib itself."""
+    todo = [i for i, f in enumerate(faces) if f.chip is not None and f.embedding is None]
     if not todo:
-        return
+        return list(faces)
+    chips = [faces[i].chip for i in todo]
     if cfg.embedder == "torch":
         from .models.dlib_resnet import embed_chips
 
-        vectors = embed_chips(_torch_embedder(cfg.torch_threads), np.stack([f.chip for f in todo]))
+        vectors = embed_chips(_torch_embedder(cfg.torch_threads), np.stack(chips))
     else:
-        vectors = (models or DlibModels.get()).encoder.compute_face_descriptor([f.chip for f in todo])
-    for face, vec in zip(todo, vectors, strict=True):
-        face.embedding = np.asarray(vec, dtype=np.float32)
+        vectors = (models or DlibModels.get()).encoder.compute_face_descriptor(chips)
+    out = list(faces)
+    for i, vec in zip(todo, vectors, strict=True):
+        out[i] = replace(out[i], embedding=np.asarray(vec, dtype=np.float32))
+    return out
 
 
 @functools.cache

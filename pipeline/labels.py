@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from .shards import atomic_write_bytes
+from .tars import atomic_write_bytes
 
 LABELS_FILE = "labels.json"
 CAE_INDEX_FILE = "cae_index.json"

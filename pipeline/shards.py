@@ -1,7 +1,7 @@
-"""Sample tars: one finished tar per clip (the resumable unit), then packed into WebDataset shards.
+"""Packing: the finished per-clip tars (the resumable unit) into WebDataset shards per split.
 
-Every file is written under a temporary name and renamed when complete, and the shard directory is
-swapped in whole, so a killed run never leaves a truncated tar or a duplicated sample behind.
+The shard directory is built under a temporary name and swapped in whole, so a killed run never leaves a
+truncated shard or a duplicated sample behind (the tars themselves are written by pipeline/tars.py).
 """
 
 from __future__ import annotations
@@ -9,57 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tarfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from .config import ShardConfig
+from .enrich import merge_sidecar, read_sidecar
+from .tars import read_samples
 
 SHARD_DIR = "shards"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_clip_tar(path: Path, samples: Iterable[dict], mtime: float) -> int:
-    """Write samples (dicts of bytes with __key__) to `path` atomically; returns how many."""
-    import webdataset as wds
-
-    tmp = path.with_name(path.name + ".partial")
-    n = 0
-    with open(tmp, "wb") as f:
-        with wds.TarWriter(f, encoder=False, mtime=mtime) as w:
-            for sample in samples:
-                w.write(sample)
-                n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return n
-
-
-def read_clip_tar(path: Path) -> Iterator[dict]:
-    """Samples of a tar, in order, as {'__key__': key, ext: bytes}. Keys split at the first dot."""
-    sample: dict | None = None
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            key, _, ext = member.name.partition(".")
-            if sample is not None and sample["__key__"] != key:
-                yield sample
-                sample = None
-            if sample is None:
-                sample = {"__key__": key}
-            sample[ext] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    if sample is not None:
-        yield sample
 
 
 def clean_interrupted(out: Path) -> None:
@@ -85,7 +42,8 @@ def pack_shards(
 ) -> dict[str, dict[str, int]]:
     """Pack per-clip tars into `out/shards/{split}-NNNNNN.tar` and swap the directory in atomically.
 
-    `clips` is (clip tar, split) in manifest order. The sample json's `split` is set here, so a split
+    `clips` is (clip tar, split) in manifest order. Features in the clip's sidecar (pipeline/enrich.py) are
+    merged into its samples. The sample json's `split` is set here, so a split
     change needs no media work. `keep(key, meta)` can leave samples out (review decisions);
     `observe(meta, sample)` sees every sample written (for the report); `annotate(meta)` may add to a sample's
     json (identity labels); `placed(meta, shard name)` hears where each sample went.
@@ -100,10 +58,12 @@ def pack_shards(
     counts: dict[str, dict[str, int]] = {}
     try:
         for tar_path, split in clips:
-            for sample in read_clip_tar(tar_path):
+            sidecar = read_sidecar(tar_path)
+            for sample in read_samples(tar_path):
                 meta = json.loads(sample["json"])
                 if keep is not None and not keep(sample["__key__"], meta):
                     continue
+                merge_sidecar(sample, meta, sidecar)
                 meta["split"] = split
                 if annotate is not None:
                     annotate(meta)

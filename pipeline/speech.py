@@ -49,17 +49,20 @@ def rms_dbfs(audio: np.ndarray) -> float:
     return 20 * np.log10(max(rms, 1e-9) / 32768.0)
 
 
+def cut_windows(audio: np.ndarray, cfg: SpeechConfig) -> list[SpeechWindow]:
+    """Every window of the audio, with its VAD speech ratio (one VAD state across the clip, in order)."""
+    windows = []
+    vad = new_vad(cfg)
+    for k, s in enumerate(window_starts(len(audio), cfg.window_samples)):
+        chunk = audio[s : s + cfg.window_samples]
+        windows.append(SpeechWindow(k, s, round(speech_ratio(chunk, cfg, vad), 4), round(rms_dbfs(chunk), 2)))
+    return windows
+
+
 def speech_windows(audio: np.ndarray, cfg: SpeechConfig) -> tuple[list[SpeechWindow], int]:
     """(windows with enough speech, number of windows cut). Both empty means the clip is too short."""
-    starts = window_starts(len(audio), cfg.window_samples)
-    kept = []
-    vad = new_vad(cfg)
-    for k, s in enumerate(starts):
-        chunk = audio[s : s + cfg.window_samples]
-        ratio = speech_ratio(chunk, cfg, vad)
-        if ratio >= cfg.min_speech_ratio:
-            kept.append(SpeechWindow(k, s, round(ratio, 4), round(rms_dbfs(chunk), 2)))
-    return kept, len(starts)
+    windows = cut_windows(audio, cfg)
+    return [w for w in windows if w.speech_ratio >= cfg.min_speech_ratio], len(windows)
 
 
 def wav_bytes(audio: np.ndarray) -> bytes:

@@ -15,7 +15,7 @@ from pipeline.demo.synth import Placement, astronaut, grace_hopper, speaking_hea
 from pipeline.media import decode_frames_on_grid, probe
 from pipeline.records import Clip
 from pipeline.review.queue import queue_reasons
-from pipeline.shards import read_clip_tar
+from pipeline.tars import read_samples
 from tests.conftest import H, W
 
 SECONDS = 16
@@ -49,7 +49,7 @@ def run(path, tmp_path, filters=None, review=None):
     cfg = Config.from_dict({"filters": filters or {}, "review": review or {}})
     ctx = BuildContext(out=tmp_path / "out", cfg=cfg)
     s = run_clip(Clip("c1", str(path), "person", 1), ctx)
-    metas = [json.loads(x["json"]) for x in read_clip_tar(ctx.clip_tar("c1"))] if s.status == "ok" else []
+    metas = [json.loads(x["json"]) for x in read_samples(ctx.clip_tar("c1"))] if s.status == "ok" else []
     return s, metas
 
 

@@ -11,7 +11,7 @@ from pipeline.clip import BuildContext, run_clip
 from pipeline.config import Config, FaceConfig
 from pipeline.demo.synth import face_centre_at
 from pipeline.records import Clip
-from pipeline.shards import read_clip_tar
+from pipeline.tars import read_samples
 from tests.conftest import best_lag, read_wav
 
 
@@ -57,13 +57,13 @@ def test_segment_past_the_end_is_rejected(media, tmp_path):
 
 
 def test_a_bug_raises_and_the_orchestrator_records_it(media, tmp_path, monkeypatch):
-    import pipeline.clip
+    import pipeline.stages.source
     from pipeline.clip import record_crash
 
     def boom(*a, **k):
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr(pipeline.clip, "probe", boom)
+    monkeypatch.setattr(pipeline.stages.source, "probe", boom)
     c = Clip("c1", str(media.moving), "person", 1)
     ctx = ctx_for(tmp_path)
     with pytest.raises(ZeroDivisionError):
@@ -79,7 +79,7 @@ def test_samples_align_face_and_audio_with_the_source(media, tmp_path):
     s, ctx = run(media.moving, tmp_path, start=24000, end=8 * 16000)
     assert s.status == "ok" and s.windows_written >= 5
     source = read_wav(media.speech16k).astype(np.float64)
-    for sample in read_clip_tar(ctx.clip_tar("c1")):
+    for sample in read_samples(ctx.clip_tar("c1")):
         meta = json.loads(sample["json"])
         k = meta["window_index"]
         assert sample["__key__"] == f"c1-{k:05d}"
@@ -103,12 +103,12 @@ def test_samples_align_face_and_audio_with_the_source(media, tmp_path):
 def test_hint_picks_the_face_on_the_right(media, tmp_path):
     s, ctx = run(media.two_faces, tmp_path, hint=(480 / 640, 0.5))
     assert s.status == "ok" and s.speaker_choice == "hint"
-    for sample in read_clip_tar(ctx.clip_tar("c1")):
+    for sample in read_samples(ctx.clip_tar("c1")):
         l, _, r, _ = json.loads(sample["json"])["bbox"]
         assert l > 320
 
 
 def test_embeddings_can_be_turned_off(media, tmp_path):
     s, ctx = run(media.stereo48k, tmp_path, embeddings=False)
-    samples = list(read_clip_tar(ctx.clip_tar("c1")))
+    samples = list(read_samples(ctx.clip_tar("c1")))
     assert s.status == "ok" and samples and all("dlib.npy" not in x for x in samples)

@@ -3,7 +3,8 @@ from PIL import Image
 
 from pipeline.config import FaceConfig
 from pipeline.demo.synth import astronaut, grace_hopper, no_face
-from pipeline.faces import Face, SpeakerTracker, embed_faces
+from pipeline.faces import SpeakerTracker, embed_faces
+from pipeline.records import Face
 
 
 def canvas(*items, size=(640, 360)):
@@ -21,7 +22,7 @@ def test_single_face_is_aligned_and_cropped_rgb():
     frame = canvas((astronaut(), 120, (320, 180)))
     face = SpeakerTracker(FaceConfig(), None)(frame)
     assert isinstance(face, Face)
-    embed_faces([face], FaceConfig())
+    [face] = embed_faces([face], FaceConfig())
     l, t, r, b = face.bbox
     assert l < 320 < r and t < 180 < b
     assert face.crop.shape == (224, 224, 3)
@@ -41,7 +42,7 @@ def test_hint_picks_the_speaker_and_no_hint_takes_the_largest():
     assert left.choice == "hint" and left.bbox[2] < 320
     assert largest.choice == "largest" and largest.bbox[0] > 320 and largest.n_faces == 2
     # the two identities' embeddings differ, each crop is the chosen face
-    embed_faces([right, left], FaceConfig())
+    right, left = embed_faces([right, left], FaceConfig())
     assert np.linalg.norm(right.embedding - left.embedding) > 0.6
 
 
@@ -69,6 +70,6 @@ def test_torch_and_dlib_embedders_agree():
     frame = canvas((grace_hopper(), 140, (320, 180)))
     a = SpeakerTracker(FaceConfig(), None)(frame)
     b = SpeakerTracker(FaceConfig(), None)(frame)
-    embed_faces([a], FaceConfig(embedder="torch"))
-    embed_faces([b], FaceConfig(embedder="dlib"))
+    [a] = embed_faces([a], FaceConfig(embedder="torch"))
+    [b] = embed_faces([b], FaceConfig(embedder="dlib"))
     assert np.abs(a.embedding - b.embedding).max() < 1e-4

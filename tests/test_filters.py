@@ -17,7 +17,7 @@ from pipeline.faces import SpeakerTracker
 from pipeline.quality import NOSE_DEPTH, NOSE_DROP, clipping, head_pose, out_of_frame, snr_db
 from pipeline.records import Clip
 from pipeline.report import RunReport
-from pipeline.shards import read_clip_tar
+from pipeline.tars import read_samples
 from tests.conftest import H, W
 
 LENIENT = {"min_det_score": -10, "min_sharpness": 0, "max_yaw_deg": 90, "max_pitch_deg": 90, "max_out_of_frame": 1}
@@ -82,7 +82,7 @@ def fm(media, tmp_path_factory) -> FilterMedia:
 def run(path, tmp_path, **filters):
     ctx = BuildContext(out=tmp_path / "out", cfg=Config.from_dict({"filters": filters}))
     s = run_clip(Clip("c1", str(path), "person", 1), ctx)
-    samples = list(read_clip_tar(ctx.clip_tar("c1"))) if s.status == "ok" else []
+    samples = list(read_samples(ctx.clip_tar("c1"))) if s.status == "ok" else []
     return s, [json.loads(x["json"]) for x in samples]
 
 

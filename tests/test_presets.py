@@ -11,11 +11,12 @@ from PIL import Image
 
 from flows.cli import _parser
 from pipeline.build import finish_build, plan_build
-from pipeline.clip import BuildContext, augment_starts, run_clip
+from pipeline.clip import BuildContext, run_clip
 from pipeline.config import Config, load_config
 from pipeline.features import speech2face_stft
 from pipeline.records import Clip
-from pipeline.shards import read_clip_tar
+from pipeline.stages.extras import augment_starts
+from pipeline.tars import read_samples
 from tests.conftest import read_wav
 
 
@@ -30,7 +31,7 @@ def size(jpg: bytes) -> tuple[int, int]:
 def run(path, tmp_path, preset, **sections):
     ctx = BuildContext(out=tmp_path / "out", cfg=Config.from_dict(sections, preset))
     status = run_clip(Clip("c1", str(path), "person", 1), ctx)
-    return status, list(read_clip_tar(ctx.clip_tar("c1"))) if status.status == "ok" else []
+    return status, list(read_samples(ctx.clip_tar("c1"))) if status.status == "ok" else []
 
 
 def test_presets_are_a_base_the_yaml_overrides(tmp_path):

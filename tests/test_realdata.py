@@ -13,7 +13,7 @@ from PIL import Image
 from pipeline.clip import BuildContext, run_clip
 from pipeline.config import Config
 from pipeline.records import Clip
-from pipeline.shards import read_clip_tar
+from pipeline.tars import read_samples
 from tests.conftest import SHARED_DATA, read_wav, requires_shared_data
 
 pytestmark = [pytest.mark.realdata, requires_shared_data]
@@ -65,7 +65,7 @@ def test_real_faces_and_voices(tmp_path):
         mp4, audio, n = compose(identity, tmp_path)
         status = run_clip(Clip(identity, str(mp4), identity, 1), ctx)
         assert status.status == "ok", status
-        samples = list(read_clip_tar(ctx.clip_tar(identity)))
+        samples = list(read_samples(ctx.clip_tar(identity)))
         kept[identity] = len(samples) / status.windows_total
         embeddings[identity] = np.stack([np.load(io.BytesIO(s["dlib.npy"])) for s in samples])
         for s in samples:
@@ -101,7 +101,7 @@ def test_cutaways_to_another_real_person_are_removed_and_the_speaker_kept(tmp_pa
             ctx = BuildContext(out=tmp_path / name, cfg=Config.from_dict({"filters": filters}))
             status = run_clip(Clip(f"{identity}-cut", str(mp4), identity, 1), ctx)
             assert status.status == "ok", status
-            samples = read_clip_tar(ctx.clip_tar(f"{identity}-cut"))
+            samples = read_samples(ctx.clip_tar(f"{identity}-cut"))
             kept[name] = {json.loads(s["json"])["window_index"] for s in samples}
         speaker = [k for k in kept["unchecked"] if shots[k][0] == identity]
         cutaway = [k for k in kept["unchecked"] if shots[k][0] == other]

@@ -34,7 +34,7 @@ from pipeline.review.queue import (
     queue_reasons,
     sharpness,
 )
-from pipeline.shards import read_clip_tar
+from pipeline.tars import read_samples
 
 XSS_ID = "<script>alert(1)</script>"
 XSS_SOURCE = "<img src=x onerror=alert(1)>"
@@ -59,7 +59,7 @@ def shard_keys(out: Path) -> list[str]:
 
 
 def all_keys(out: Path) -> list[str]:
-    return [s["__key__"] for t in sorted((out / ".work" / "clips").glob("*.tar")) for s in read_clip_tar(t)]
+    return [s["__key__"] for t in sorted((out / ".work" / "clips").glob("*.tar")) for s in read_samples(t)]
 
 
 def rows(out: Path) -> dict[str, dict]:
@@ -124,7 +124,7 @@ def test_queue_reasons_follow_the_thresholds():
 
 
 def test_sharpness_drops_with_blur_and_medoid_keeps_the_majority(built):
-    sample = next(read_clip_tar(built / ".work" / "clips" / "grace2.tar"))
+    sample = next(read_samples(built / ".work" / "clips" / "grace2.tar"))
     img = Image.open(io.BytesIO(sample["jpg"]))
     blurred = io.BytesIO()
     img.filter(ImageFilter.GaussianBlur(3)).save(blurred, "JPEG")

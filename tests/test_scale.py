@@ -7,7 +7,7 @@ import json
 import pytest
 from PIL import Image
 
-import pipeline.clip
+import pipeline.stages.decode
 from flows.build import run_build
 from tests.httpserver import RangeHandler
 from tests.test_build import read_shards
@@ -67,20 +67,20 @@ def test_a_face_setting_change_redoes_clips_without_downloading_again(manifest, 
 
 
 def test_a_crash_fails_its_task_and_the_run_finishes(manifest, prefect_harness, tmp_path, monkeypatch):
-    real = pipeline.clip.decode_audio
+    real = pipeline.stages.decode.decode_audio
 
     def buggy(path, *a, **k):
         if "coffee" in str(path):
             raise KeyError("a bug")
         return real(path, *a, **k)
 
-    monkeypatch.setattr(pipeline.clip, "decode_audio", buggy)
+    monkeypatch.setattr(pipeline.stages.decode, "decode_audio", buggy)
     out = tmp_path / "out"
     summary = run_build(manifest, out, workers=2)
     assert summary["clips_crashed"] == 1
     got = statuses(out)
     assert got["c"][:2] == ("failed", "internal_error") and got["a"][0] == got["b"][0] == "ok"
-    monkeypatch.setattr(pipeline.clip, "decode_audio", real)
+    monkeypatch.setattr(pipeline.stages.decode, "decode_audio", real)
     again = run_build(manifest, out, workers=2)  # the crashed clip is redone once the bug is gone
     assert (again["clips_redone"], again["clips_cached"]) == (1, 2)
     assert statuses(out)["c"][:2] == ("rejected", "no_face")

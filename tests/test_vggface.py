@@ -16,6 +16,7 @@ from PIL import Image
 from flows.cli import main as cli
 from pipeline.config import Config, ShardConfig, VGGFaceConfig
 from pipeline.demo.synth import astronaut, grace_hopper
+from pipeline.enrich import SIDECAR_DIR
 from pipeline.models.vggface import (
     MEAN_RGB,
     MEMBER,
@@ -32,7 +33,8 @@ from pipeline.models.vggface import (
     read_dag_weights,
     resolve_weights,
 )
-from pipeline.shards import pack_shards, read_clip_tar, write_clip_tar
+from pipeline.shards import pack_shards
+from pipeline.tars import read_samples, write_samples
 
 DAG_KEYS = [f"{n}.{p}" for block in ("1_1 1_2", "2_1 2_2", "3_1 3_2 3_3", "4_1 4_2 4_3", "5_1 5_2 5_3")
             for n in (f"conv{b}" for b in block.split()) for p in ("weight", "bias")]  # fmt: skip
@@ -92,7 +94,8 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _sample(clip_id: str, i: int, jpg: bytes) -> dict:
-    meta = {"clip_id": clip_id, "identity": clip_id, "split": "train", "window_index": i, "frame_time": i + 0.5}
+    meta = {"clip_id": clip_id, "identity": clip_id, "split": "train", "window_index": i, "frame_time": i + 0.5,
+            "window_start": float(i), "window_end": i + 1.0, "speech_ratio": 0.9, "face_px": 120}  # fmt: skip
     emb = io.BytesIO()
     np.save(emb, np.random.default_rng(i).standard_normal(128).astype(np.float32))
     return {"__key__": f"{clip_id}-{i:05d}", "wav": b"RIFF" + bytes([i]) * 64, "jpg": jpg,
@@ -105,7 +108,7 @@ def _clip_tars(d: Path, jpgs: list[bytes], sizes=(3, 2)) -> list[Path]:
     tars, k = [], 0
     for c, n in enumerate(sizes):
         path = d / f"clip{c}.tar"
-        write_clip_tar(path, [_sample(f"clip{c}", i, jpgs[(k + i) % len(jpgs)]) for i in range(n)], mtime=0.0)
+        write_samples(path, [_sample(f"clip{c}", i, jpgs[(k + i) % len(jpgs)]) for i in range(n)], mtime=0.0)
         tars.append(path)
         k += n
     return tars
@@ -234,20 +237,27 @@ def test_config_section_is_validated_and_not_part_of_the_clip_hash():
 # -- the pass over tars --------------------------------------------------------------------------------------------
 
 
-def test_shard_pass_adds_vggface_to_every_sample_and_loses_nothing(extractor, jpgs, reference, tmp_path):
+def _packed(out: Path, tars: list[Path]) -> list[dict]:
+    pack_shards(out, [(p, "train") for p in tars], ShardConfig())
+    return [s for p in sorted((out / "shards").glob("*.tar")) for s in read_samples(p)]
+
+
+def test_pass_writes_sidecars_and_packing_merges_them_losing_nothing(extractor, jpgs, reference, tmp_path):
     tars = _clip_tars(tmp_path / "clips", jpgs)  # 3 + 2 samples, batches of 4: one batch spans both tars
-    before = {p: list(read_clip_tar(p)) for p in tars}
-    names = {p: _members(p) for p in tars}
+    before = {p: list(read_samples(p)) for p in tars}
+    digests = {p: _sha(p) for p in tars}
     report = add_vggface(tars, extractor)
     assert (report.tars, report.samples, report.computed, report.rewritten) == (2, 5, 5, 2)
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["clip0.tar", "clip1.tar", "clips"]  # no .partial
+    assert {p: _sha(p) for p in tars} == digests  # the finished clip tars are never rewritten
+    assert sorted(p.name for p in (tmp_path / SIDECAR_DIR).iterdir()) == ["clip0.tar", "clip1.tar"]  # no .partial
+    assert [p.name for p in tmp_path.rglob("*.partial")] == []
+    packed = iter(_packed(tmp_path / "out", tars))
     k = 0
     for p in tars:
-        after = list(read_clip_tar(p))
-        assert [s["__key__"] for s in after] == [s["__key__"] for s in before[p]]
-        added = sorted(names[p] + [f"{s['__key__']}.{MEMBER}" for s in after])
-        assert _members(p) == added  # every member kept, in the writer's (sorted) order, plus the feature
-        for old, new in zip(before[p], after, strict=True):
+        for old in before[p]:
+            new = next(packed)
+            assert new["__key__"] == old["__key__"]
+            assert sorted(new) == sorted([*old, MEMBER])  # every member kept, plus the feature
             for m in ("wav", "jpg", "dlib.npy"):
                 assert new[m] == old[m]
             meta = json.loads(new["json"])
@@ -259,28 +269,36 @@ def test_shard_pass_adds_vggface_to_every_sample_and_loses_nothing(extractor, jp
             k += 1
 
 
-def test_shard_pass_is_idempotent_and_redoes_only_other_settings(extractor, jpgs, tmp_path):
-    tars = _clip_tars(tmp_path, jpgs)
+def test_pass_is_idempotent_and_redoes_only_other_settings_or_crops(extractor, jpgs, tmp_path):
+    tars = _clip_tars(tmp_path / "clips", jpgs)
     add_vggface(tars, extractor)
-    digests = {p: _sha(p) for p in tars}
+    sides = sorted((tmp_path / SIDECAR_DIR).glob("*.tar"))
+    digests = {p: _sha(p) for p in sides}
     again = add_vggface(tars, extractor)
     assert (again.computed, again.rewritten) == (0, 0)
-    assert {p: _sha(p) for p in tars} == digests
+    assert {p: _sha(p) for p in sides} == digests
+    first = [np.load(io.BytesIO(s[MEMBER])).astype(np.float32) for s in read_samples(sides[1])]
     # features recorded with other settings (e.g. other weights) are recomputed; nothing else is touched
-    samples = list(read_clip_tar(tars[1]))
-    for s in samples:
-        meta = json.loads(s["json"])
-        meta["vggface"] = {**meta["vggface"], "weights_sha1": "000000000000"}
-        s["json"] = json.dumps(meta, sort_keys=True).encode()
-    write_clip_tar(tars[1], samples, mtime=0.0)
-    first = [np.load(io.BytesIO(s[MEMBER])).astype(np.float32) for s in samples]
+    entries = list(read_samples(sides[1]))
+    for s in entries:
+        info = json.loads(s["vggface.json"])
+        info["record"] = {**info["record"], "weights_sha1": "000000000000"}
+        s["vggface.json"] = json.dumps(info).encode()
+    write_samples(sides[1], entries, mtime=0.0)
     redo = add_vggface(tars, extractor)
     assert (redo.computed, redo.rewritten) == (2, 1)
-    assert _sha(tars[0]) == digests[tars[0]]
-    for s, f in zip(read_clip_tar(tars[1]), first, strict=True):
-        assert json.loads(s["json"])["vggface"] == extractor.record
+    assert _sha(sides[0]) == digests[sides[0]]
+    for s, f in zip(read_samples(sides[1]), first, strict=True):
+        assert json.loads(s["vggface.json"])["record"] == extractor.record
         # another batch composition: equal up to float rounding, not to the byte
         np.testing.assert_allclose(np.load(io.BytesIO(s[MEMBER])).astype(np.float32), f, rtol=1e-2, atol=1e-2 * f.max())
+    # a clip made again with another crop: its stale feature is neither merged nor kept
+    samples = list(read_samples(tars[0]))
+    samples[0]["jpg"] = jpgs[2]
+    write_samples(tars[0], samples, mtime=0.0)
+    assert all(MEMBER in s for s in _packed(tmp_path / "stale", tars)[1:])
+    assert MEMBER not in _packed(tmp_path / "stale", tars)[0]
+    assert (add_vggface(tars, extractor).computed, add_vggface(tars, extractor).computed) == (1, 0)
 
 
 class _Crash(Exception):
@@ -302,40 +320,56 @@ class _FlakyExtractor:
             yield np.full(4096, len(jpg) % 7, dtype=np.float16)
 
 
-def test_a_killed_pass_leaves_whole_tars_and_a_rerun_finishes(jpgs, tmp_path):
-    tars = _clip_tars(tmp_path, jpgs, sizes=(2, 2, 2))
+def test_a_killed_pass_leaves_whole_sidecars_and_a_rerun_finishes(jpgs, tmp_path):
+    tars = _clip_tars(tmp_path / "clips", jpgs, sizes=(2, 2, 2))
     original = {p: _sha(p) for p in tars}
     with pytest.raises(_Crash):
         add_vggface(tars, _FlakyExtractor(crash_after=3))  # mid-way through the second tar
-    assert not list(tmp_path.glob("*.partial"))
-    assert all(MEMBER in s for s in read_clip_tar(tars[0]))  # finished and renamed
-    assert _sha(tars[1]) == original[tars[1]] and _sha(tars[2]) == original[tars[2]]  # untouched
+    assert not list(tmp_path.rglob("*.partial"))
+    side = tmp_path / SIDECAR_DIR
+    assert [p.name for p in side.iterdir()] == ["clip0.tar"]  # finished and renamed; the others not begun
+    assert all(MEMBER in s for s in read_samples(side / "clip0.tar"))
     report = add_vggface(tars, _FlakyExtractor())
     assert (report.computed, report.rewritten) == (4, 2)
-    assert all(MEMBER in s for p in tars for s in read_clip_tar(p))
+    assert all(MEMBER in s for p in tars for s in read_samples(side / p.name))
+    assert {p: _sha(p) for p in tars} == original
 
 
-def test_standalone_command_adds_features_to_shards_and_clip_tars(cfg, extractor, jpgs, tmp_path):
-    out = tmp_path / "out"
+def _finished_build(out: Path, jpgs: list[bytes]) -> list[Path]:
+    """OUT as a build leaves it: clip tars with their finished statuses, clips.jsonl and shards."""
+    from pipeline.records import ClipStatus
+    from pipeline.tars import atomic_write_bytes
+
     clips = _clip_tars(out / ".work" / "clips", jpgs)
+    rows = [ClipStatus(f"clip{c}", "ok", split=split, identity=f"clip{c}", windows_written=n)
+            for c, (split, n) in enumerate([("train", 3), ("val", 2)])]  # fmt: skip
+    for r in rows:
+        atomic_write_bytes(out / ".work" / "clips" / f"{r.id}.json", json.dumps(r.to_dict()).encode())
+    (out / "clips.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in rows))
     pack_shards(out, [(clips[0], "train"), (clips[1], "val")], ShardConfig(maxcount=2))
+    return clips
+
+
+def test_standalone_command_adds_features_to_the_shards_through_sidecars(cfg, extractor, jpgs, tmp_path):
+    out = tmp_path / "out"
+    clips = _finished_build(out, jpgs)
+    clip_digests = {p: _sha(p) for p in clips}
     config = tmp_path / "c.yaml"
     config.write_text("vggface:\n  device: cpu\n  precision: fp32\n  batch_size: 4\n  decode_workers: 2\n")
+    config.write_text(config.read_text() + "shards:\n  maxcount: 2\n")
     assert cli(["vggface", str(out), "--config", str(config), "--weights", cfg.weights]) == 0
     shards = sorted((out / "shards").glob("*.tar"))
     assert [p.name for p in shards] == ["train-000000.tar", "train-000001.tar", "val-000000.tar"]
-    in_shards = {s["__key__"]: s for p in shards for s in read_clip_tar(p)}
+    in_shards = {s["__key__"]: s for p in shards for s in read_samples(p)}
     assert len(in_shards) == 5 and all(np.load(io.BytesIO(s[MEMBER])).shape == (4096,) for s in in_shards.values())
-    for p in clips:  # the same features in the per-clip tars, copied, not recomputed
-        for s in read_clip_tar(p):
-            assert s[MEMBER] == in_shards[s["__key__"]][MEMBER]
-            assert json.loads(s["json"])["vggface"] == extractor.record
-    # so a re-pack from the clip tars gives the same shards, features included
+    assert all(json.loads(s["json"])["vggface"] == extractor.record for s in in_shards.values())
+    assert {p: _sha(p) for p in clips} == clip_digests  # read, never rewritten
+    # a re-pack from the clip tars and their sidecars gives the same shards, features included
     digests = {p.name: _sha(p) for p in shards}
     pack_shards(out, [(clips[0], "train"), (clips[1], "val")], ShardConfig(maxcount=2))
     assert {p.name: _sha(p) for p in sorted((out / "shards").glob("*.tar"))} == digests
-    report, copied = add_vggface_to_build(out, extractor)
-    assert (report.computed, report.rewritten, copied) == (0, 0, 0)
+    report = add_vggface_to_build(out, extractor)
+    assert (report.computed, report.rewritten) == (0, 0)
 
 
 # -- the build flow ------------------------------------------------------------------------------------------------

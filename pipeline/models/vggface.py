@@ -19,7 +19,6 @@ import io
 import itertools
 import json
 import os
-import tarfile
 import threading
 import time
 from collections import deque
@@ -35,9 +34,9 @@ from PIL import Image
 from torch import nn
 
 from ..config import VGGFACE_WEIGHTS_ENV, VGGFaceConfig, resolve_weights  # noqa: F401 (re-exported)
-from ..shards import SHARD_DIR, clean_interrupted, read_clip_tar, write_clip_tar
+from ..enrich import MEMBER, crop_digest, read_sidecar, sidecar_path
+from ..tars import read_samples, tar_mtime, write_samples
 
-MEMBER = "vggface.npy"  # float16 (4096,) per sample
 INPUT_SIZE = 224
 MEAN_RGB = (129.186279296875, 104.76238250732422, 93.59396362304688)  # the converted model's meta['mean'], RGB
 FEATURE_DIM = 4096
@@ -307,10 +306,10 @@ def get_extractor(cfg: VGGFaceConfig, weights: str | os.PathLike) -> VGGFaceExtr
 
 @dataclass
 class VGGFaceReport:
-    tars: int = 0  # tars read
-    rewritten: int = 0  # tars written back with new features
+    tars: int = 0  # clip tars read
+    rewritten: int = 0  # sidecars written with new features
     samples: int = 0  # samples seen
-    computed: int = 0  # features computed (the others were already there, with the same settings)
+    computed: int = 0  # features computed (the others were in the sidecar already, with the same settings)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -320,73 +319,67 @@ class VGGFaceReport:
         rate = f", {self.computed / self.seconds:.1f} faces/s" if self.computed and self.seconds > 0 else ""
         return (
             f"vggface: {self.computed} features computed for {self.samples} samples in {self.tars} tars "
-            f"({self.rewritten} rewritten), {self.seconds:.1f}s{rate}"
+            f"({self.rewritten} sidecars written), {self.seconds:.1f}s{rate}"
         )
 
 
 @dataclass
 class _Tar:
     path: Path
-    samples: list[dict]
+    keys: list[str]
+    features: dict[str, tuple[bytes, dict]]  # the sidecar's entries, old and new
     left: int  # features still to come
 
 
-def _meta(sample: dict) -> dict | None:
-    return json.loads(sample["json"]) if "json" in sample else None
-
-
-def has_feature(sample: dict, record: dict) -> bool:
-    """Whether the sample has vggface.npy made with the same weights, layer and ReLU (its json records them)."""
-    if MEMBER not in sample:
-        return False
-    meta = _meta(sample)
-    return meta is None or meta.get("vggface") == record
-
-
-def _set_feature(sample: dict, npy: bytes, record: dict) -> None:
-    sample[MEMBER] = npy
-    if (meta := _meta(sample)) is not None:
-        meta["vggface"] = record
-        sample["json"] = json.dumps(meta, sort_keys=True).encode()
-
-
-def _tar_mtime(path: Path) -> float:
-    with tarfile.open(path, "r") as tar:
-        first = tar.next()
-        return first.mtime if first is not None else 0.0
-
-
 def _write(tar: _Tar) -> None:
-    """Back to the same path atomically, members in the same order (TarWriter sorts them) and the same mtime."""
-    write_clip_tar(tar.path, tar.samples, _tar_mtime(tar.path))
+    """The sidecar, atomically, in the clip tar's order."""
+    side = sidecar_path(tar.path)
+    side.parent.mkdir(parents=True, exist_ok=True)
+    samples = [
+        {"__key__": k, MEMBER: tar.features[k][0], "vggface.json": json.dumps(tar.features[k][1], sort_keys=True).encode()}
+        for k in tar.keys
+    ]
+    write_samples(side, samples, tar_mtime(tar.path))
 
 
 def add_vggface(tars: Iterable[Path], extractor: VGGFaceExtractor, force: bool = False) -> VGGFaceReport:
-    """Add ``vggface.npy`` to every sample of each tar (per-clip tars or shards), rewriting each tar atomically.
+    """Compute ``vggface.npy`` for every sample of each per-clip tar into its sidecar (`sidecar_path`); packing
+    merges the sidecars into the shards. The clip tars are only read.
 
-    Crops are batched across tars. Samples that already have the feature with the same settings are skipped
-    (all of them unless ``force``), and a tar with nothing to add is not rewritten, so a re-run writes nothing.
-    Every sample and member is kept; each sample's json gains a ``vggface`` record of the settings."""
+    Crops are batched across tars. Samples whose sidecar entry has the same settings and was computed from the
+    same crop are skipped (all of them unless ``force``), and a sidecar with nothing new is not rewritten, so
+    a re-run writes nothing."""
     t0 = time.perf_counter()
     report = VGGFaceReport()
-    queue: deque[tuple[_Tar, int]] = deque()  # the crops handed to the extractor, in order
+    queue: deque[tuple[_Tar, str]] = deque()  # the crops handed to the extractor, in order
 
     def jpgs() -> Iterator[bytes]:
         for path in tars:
-            samples = list(read_clip_tar(Path(path)))
+            path = Path(path)
+            samples = list(read_samples(path))
             report.tars += 1
             report.samples += len(samples)
-            todo = [i for i, s in enumerate(samples) if force or not has_feature(s, extractor.record)]
-            tar = _Tar(Path(path), samples, len(todo))
-            for i in todo:
-                if "jpg" not in samples[i]:
-                    raise ValueError(f"{path}: sample {samples[i]['__key__']} has no jpg")
-                queue.append((tar, i))
-                yield samples[i]["jpg"]
+            old = read_sidecar(path)
+            keys = [s["__key__"] for s in samples]
+            todo = []
+            for s in samples:
+                if "jpg" not in s:
+                    raise ValueError(f"{path}: sample {s['__key__']} has no jpg")
+                have = old.get(s["__key__"])
+                if force or have is None or have[1] != {"record": extractor.record, "jpg_sha1": crop_digest(s["jpg"])}:
+                    todo.append(s)
+            tar = _Tar(path, keys, {k: v for k, v in old.items() if k in set(keys)}, len(todo))
+            if not todo and set(old) != set(keys):
+                _write(tar)  # samples left the clip: the sidecar follows
+                report.rewritten += 1
+            for s in todo:
+                queue.append((tar, s["__key__"]))
+                tar.features[s["__key__"]] = (b"", {"record": extractor.record, "jpg_sha1": crop_digest(s["jpg"])})
+                yield s["jpg"]
 
     for feature in extractor.features_from_jpgs(jpgs()):
-        tar, i = queue.popleft()
-        _set_feature(tar.samples[i], npy_bytes(feature), extractor.record)
+        tar, key = queue.popleft()
+        tar.features[key] = (npy_bytes(feature), tar.features[key][1])
         report.computed += 1
         tar.left -= 1
         if tar.left == 0:
@@ -396,54 +389,11 @@ def add_vggface(tars: Iterable[Path], extractor: VGGFaceExtractor, force: bool =
     return report
 
 
-def _clip_groups(shards: list[Path]) -> Iterator[tuple[str, dict[str, dict]]]:
-    """(clip id, {key: sample}) for each run of consecutive samples of one clip in the shards."""
-    clip, group = None, {}
-    for path in shards:
-        for sample in read_clip_tar(path):
-            cid = (_meta(sample) or {}).get("clip_id", sample["__key__"].rsplit("-", 1)[0])
-            if cid != clip and group:
-                yield clip, group
-                group = {}
-            clip = cid
-            group[sample["__key__"]] = sample
-    if group:
-        yield clip, group
-
-
-def copy_vggface(shards: list[Path], clip_dir: Path) -> int:
-    """Give each per-clip tar in ``clip_dir`` the features its samples have in the shards (no computing), so
-    that a later re-pack keeps them. A clip tar whose keys differ from its shard samples (redone since it was
-    packed) is left alone. Returns how many clip tars were rewritten."""
-    rewritten = 0
-    for clip_id, group in _clip_groups(shards):
-        path = clip_dir / f"{clip_id}.tar"
-        if not path.exists():
-            continue
-        samples = list(read_clip_tar(path))
-        if {s["__key__"] for s in samples} != set(group) or any(MEMBER not in s for s in group.values()):
-            continue
-        changed = False
-        for s in samples:
-            src = group[s["__key__"]]
-            record = (_meta(src) or {}).get("vggface")
-            if s.get(MEMBER) != src[MEMBER] or (_meta(s) or {}).get("vggface") != record:
-                _set_feature(s, src[MEMBER], record)
-                changed = True
-        if changed:
-            write_clip_tar(path, samples, _tar_mtime(path))
-            rewritten += 1
-    return rewritten
-
-
-def add_vggface_to_build(out: Path, extractor: VGGFaceExtractor, force: bool = False) -> tuple[VGGFaceReport, int]:
-    """The standalone pass over a finished build in ``out``: features into every shard, then copied into the
-    per-clip tars (``out/.work/clips``) so that a later re-pack keeps them. Returns (report, clip tars updated)."""
-    out = Path(out)
-    clean_interrupted(out)  # restore a shard dir caught mid-swap by a killed build
-    shards = sorted((out / SHARD_DIR).glob("*.tar"))
-    if not shards:
-        raise FileNotFoundError(f"no shards in {out / SHARD_DIR}")
-    report = add_vggface(shards, extractor, force)
-    clip_dir = out / ".work" / "clips"
-    return report, copy_vggface(shards, clip_dir) if clip_dir.is_dir() else 0
+def add_vggface_to_build(out: Path, extractor: VGGFaceExtractor, force: bool = False) -> VGGFaceReport:
+    """The standalone pass over a finished build in ``out``: a sidecar for every finished clip tar in
+    ``out/.work/clips``; the caller repacks the shards (no media work) so that they carry the features."""
+    clip_dir = Path(out) / ".work" / "clips"
+    tars = sorted(clip_dir.glob("*.tar")) if clip_dir.is_dir() else []
+    if not tars:
+        raise FileNotFoundError(f"no finished clip tars in {clip_dir}: build {out} first")
+    return add_vggface(tars, extractor, force)

@@ -16,7 +16,7 @@ Stages, each timed on its own, in pipeline order:
                    on the frames of the speech windows, held in memory
   embeddings       the extra cost of embeddings on: 150 px chips + dlib's ResNet weights run in torch, in
                    batches, for each face found above; and, for comparison, dlib's own C++ ResNet
-  samples          JPEG encode + sample assembly (make_sample) and the clip tar write
+  samples          JPEG encode + sample assembly (the extras stage) and the clip tar write
 Then end to end: pipeline.clip.run_clip on a Clip pointing at the file, once with embeddings on and once
 off, each into its own fresh BuildContext out dir under out/bench/ (deleted first: nothing cached).
 
@@ -45,14 +45,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.clip import BuildContext, make_sample, run_clip
+from pipeline.clip import BuildContext, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FaceConfig, FilterConfig
 from pipeline.demo.synth import Placement, astronaut, speech_wav, talking_head
 from pipeline.faces import DlibModels, SpeakerTracker, embed_faces
 from pipeline.media import DecodedFrame, MediaInfo, decode_audio, decode_frames_on_grid, probe
-from pipeline.records import Clip, Face, SpeakerChoice
+from pipeline.records import Clip, ClipAudio, ClipMedia, Face, FaceHit, SpeakerChoice, Window
 from pipeline.sources import Source
 from pipeline.speech import speech_windows
+from pipeline.stages.extras import SampleMaker
 from pipeline.tars import write_samples
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +161,8 @@ def warm_up() -> None:
 
     DlibModels.get().landmarks68(np.zeros((8, 8, 3), np.uint8), (0, 0, 4, 4))  # loads the 68-point model
     # the torch embedder (model parse + first-call setup), as a long-running worker has it loaded
-    face = Face((0, 0, 1, 1), [], 0.0, np.zeros((1, 1, 3), np.uint8), np.zeros((150, 150, 3), np.uint8), 1, SpeakerChoice.ONLY)
+    chip = np.zeros((150, 150, 3), np.uint8)
+    face = Face((0, 0, 1, 1), [], 0.0, np.zeros((1, 1, 3), np.uint8), chip, 1, SpeakerChoice.ONLY)
     embed_faces([face], FaceConfig())
 
 
@@ -215,10 +217,13 @@ def speech_frames(video: Path, info: MediaInfo, period: float, n: int, speech: d
 
 
 def make_samples(video: Path, cfg: Config, windows: dict, audio: np.ndarray, frames: dict, faces: dict):
-    """The samples (JPEG crop, WAV window, JSON) of the faces found, made as run_clip makes them."""
-    clip, src, ctx = bench_clip(video), Source(video, 0, "local"), BuildContext(OUT / "stage-samples", cfg)
+    """The samples (JPEG crop, WAV window, JSON) of the faces found, made as the extras stage makes them."""
+    clip, info = bench_clip(video), probe(video)
+    make = SampleMaker(ClipMedia(clip, Source(video, 0, "local"), info, 0, None), ClipAudio(audio, audio), "train", cfg)
     for k, face in faces.items():
-        yield make_sample(clip, src, "train", windows[k], audio, frames[k].time, face, ctx)
+        w = windows[k]
+        window = Window(w.index, w.start, cfg.speech.window_samples, w.speech_ratio, w.rms_dbfs)
+        yield make(FaceHit(window, frames[k].time, face)).encoded()
 
 
 def embed_all(models: DlibModels, frames: dict, faces: dict, cfg: FaceConfig) -> None:
@@ -227,10 +232,14 @@ def embed_all(models: DlibModels, frames: dict, faces: dict, cfg: FaceConfig) ->
     for k, face in faces.items():
         points = [dlib.point(x, y) for x, y in face.landmarks5]
         shape = dlib.full_object_detection(dlib.rectangle(*face.bbox), points)
-        face.chip = np.asarray(dlib.get_face_chip(frames[k].rgb, shape, size=150, padding=0.25))
-    batch = list(faces.values())
-    for i in range(0, len(batch), cfg.embed_batch):
-        embed_faces(batch[i : i + cfg.embed_batch], cfg)
+        faces[k] = dataclasses.replace(
+            face, chip=np.asarray(dlib.get_face_chip(frames[k].rgb, shape, size=150, padding=0.25))
+        )
+    keys = list(faces)
+    for i in range(0, len(keys), cfg.embed_batch):
+        batch = keys[i : i + cfg.embed_batch]
+        for k, face in zip(batch, embed_faces([faces[k] for k in batch], cfg), strict=True):
+            faces[k] = face
 
 
 def bench_clip(video: Path) -> Clip:

@@ -20,6 +20,7 @@ from pipeline.build import BuildPlan, describe_plan, finish_build, format_summar
 from pipeline.clip import BuildContext, read_status, record_crash, run_clip
 from pipeline.config import DownloadConfig, VGGFaceConfig, load_config
 from pipeline.records import Clip, ClipStatus
+from pipeline.review.queue import prepare_review
 
 RUNNERS = ("thread", "dask")
 YOUTUBE_LIMIT = "youtube"
@@ -151,7 +152,7 @@ def build_shards(
 
     if vgg_weights is not None:
         vggface_stage(plan, vgg_weights)
-    summary = finish_build(plan)
+    summary = finish_build(plan, prepare_review)
     summary["clips_crashed"] = crashed
     markdown = summary.pop("report_markdown")
     create_markdown_artifact(markdown=markdown, key="build-summary", description="voiceface build funnel")

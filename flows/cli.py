@@ -115,6 +115,7 @@ def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> 
         return None  # a real server is cheap to use and keeps the run history
     from pipeline.build import describe_plan, finish_build, format_summary, output_paths, plan_build
     from pipeline.config import load_config, resolve_weights
+    from pipeline.review.queue import prepare_review
 
     cfg = load_config(config, preset)
     if resolve_weights(cfg.vggface) is not None:
@@ -124,7 +125,7 @@ def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> 
         return None
     print("\n".join(describe_plan(plan, manifest)))
     print("nothing to process: packing shards and the report without starting Prefect")
-    summary = finish_build(plan)
+    summary = finish_build(plan, prepare_review)
     summary.pop("report_markdown")
     print(format_summary(summary) + "\n" + output_paths(out))
     return summary

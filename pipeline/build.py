@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from . import PIPELINE_VERSION
 from .clip import BuildContext, cached_status, read_status, split_of
@@ -27,9 +28,8 @@ from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
 from .report import RunReport
-from .review.queue import ReviewGate, build_clips, fill_queue, load_gate
 from .shards import SHARD_DIR, clean_interrupted, pack_shards
-from .tars import atomic_write_bytes
+from .tars import atomic_write_bytes, read_samples
 
 DEFAULT_OPTOUT = Path(__file__).resolve().parents[1] / "manifests" / "optout.txt"
 
@@ -121,29 +121,31 @@ def _rows(plan: BuildPlan) -> Iterator[tuple[ClipStatus, bool]]:
         yield status, True
 
 
-def finish_build(plan: BuildPlan) -> dict:
-    """Fill the review queue, pack the shards (honouring review decisions), write clips.jsonl (one line per
-    manifest row), summary.json and report.html."""
+class KeepGate(Protocol):
+    """What packing asks of a curation step (pipeline/review provides one): which samples ship, and their counts."""
+
+    outcomes: dict[str, Counter]
+
+    def __call__(self, key: str, meta: dict) -> bool: ...
+    def annotate(self, rows: list[ClipStatus]) -> None: ...
+    def fingerprint(self) -> str: ...
+    def totals(self) -> dict: ...
+
+
+def finish_build(plan: BuildPlan, curate: Callable[[BuildPlan], KeepGate | None] | None = None) -> dict:
+    """Pack the shards (through the keep-gate `curate(plan)` returns, if any: the review queue's decisions),
+    write clips.jsonl (one line per manifest row), summary.json and report.html."""
     ctx = plan.ctx
-    gate = prepare_review(plan)
+    gate = curate(plan) if curate is not None else None
     run = {"clips_new": plan.n_new, "clips_cached": plan.n_cached, "clips_redone": plan.n_redone}
     run["clips_processed"] = len(plan.todo)
     return write_outputs(ctx, lambda: _rows(plan), gate, run, plan.started)
 
 
-def prepare_review(plan: BuildPlan) -> ReviewGate | None:
-    """Fill OUT's review queue from the ok clips (if the config says so); the gate its decisions make."""
-    ctx = plan.ctx
-    if ctx.cfg.review.queue_on_build:
-        ok = [(c, s) for c in plan.manifest.clips if (s := read_status(ctx, c.clip_id)) and s.status == "ok"]
-        fill_queue(ctx.out, build_clips(ctx.out, ok, ctx.mirror, ctx.base_dir), ctx.cfg.review)
-    return load_gate(ctx.out, ctx.cfg.review)
-
-
 def write_outputs(
     ctx: BuildContext,
     rows: Callable[[], Iterable[tuple[ClipStatus, bool]]],
-    gate: ReviewGate | None,
+    gate: KeepGate | None,
     run: dict,
     started: float,
 ) -> dict:
@@ -165,6 +167,8 @@ def write_outputs(
                 gate.annotate([status])  # windows_written = what the shards hold after review
             f.write(json.dumps(_public_row(status)) + "\n")
             report.add_status(status)
+            if ran and report.wants_window_examples(status):
+                add_rejected_examples(ctx, status.id, report)
             by_status[status.status] += 1
     os.replace(partial, ctx.out / "clips.jsonl")
     summary = summarise(ctx, report, by_status, counts, run, started)
@@ -176,11 +180,22 @@ def write_outputs(
     return summary
 
 
+def add_rejected_examples(ctx: BuildContext, clip_id: str, report: RunReport) -> None:
+    """Example crops of the clip's rejected windows for the report (read from .work/rejected, bounded)."""
+    tar, log = ctx.rejected_tar(clip_id), ctx.rejected_log(clip_id)
+    if not tar.exists() or not log.exists():
+        return
+    records = {r["key"]: r for line in log.read_text().splitlines() if (r := json.loads(line))["sample"]}
+    for sample in read_samples(tar):
+        if (record := records.get(sample["__key__"])) is not None and "jpg" in sample:
+            report.add_rejected_window(record, sample["jpg"])
+
+
 def _pack_unless_unchanged(
     ctx: BuildContext,
     packed: list[tuple[Path, str]],
     report: RunReport,
-    gate: ReviewGate | None,
+    gate: KeepGate | None,
     labels: dict[str, int] | None = None,
 ) -> dict:
     """Pack the shards, unless the inputs of the last packing (the same clip tars, splits, shard settings and

@@ -49,6 +49,7 @@ class RunReport:
     window_reasons: Counter = field(default_factory=Counter)
     window_flags: Counter = field(default_factory=Counter)  # written windows flagged (kept)
     examples: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    window_examples: dict[str, list[tuple[str, str, bytes]]] = field(default_factory=dict)  # crops of rejections
     identities: dict[str, list] = field(default_factory=dict)  # identity -> [split, clips ok, samples, seconds]
     speech_hist: Counter = field(default_factory=Counter)
     face_hist: Counter = field(default_factory=Counter)
@@ -87,6 +88,16 @@ class RunReport:
         if s.status == "ok" and s.identity is not None:
             row = self.identities.setdefault(s.identity, [s.split, 0, 0, 0.0])
             row[1] += 1
+
+    def wants_window_examples(self, s: ClipStatus) -> bool:
+        """Whether this clip has window rejections of a reason that still lacks example crops."""
+        return any(len(self.window_examples.get(r, [])) < self.examples_per_reason for r in s.window_rejections)
+
+    def add_rejected_window(self, record: dict, jpg: bytes) -> None:
+        """A rejected window's crop (from .work/rejected) as an example of its reason."""
+        ex = self.window_examples.setdefault(record["reason"], [])
+        if len(ex) < self.examples_per_reason:
+            ex.append((record["key"], record.get("detail") or "", _thumbnail(jpg)))
 
     def add_sample(self, meta: dict, jpg: bytes) -> None:
         """Count one written sample into the histograms, the identity table and the mosaics."""
@@ -207,7 +218,18 @@ class RunReport:
             )
             or "<tr><td colspan=3>none</td></tr>"
         )
-        window_rows = _count_rows(self.window_reasons)
+        window_rows = (
+            "".join(
+                f"<tr><td><code>{e(r)}</code></td><td class=n>{n}</td><td class=examples>"
+                + "".join(
+                    f"<img alt='{e(k)}' title='{e(k)}: {e(d)}' src='{_data_uri(t)}'>"
+                    for k, d, t in self.window_examples.get(r, [])
+                )
+                + "</td></tr>"
+                for r, n in self.window_reasons.most_common()
+            )
+            or "<tr><td colspan=3>none</td></tr>"
+        )
         flag_rows = _count_rows(self.window_flags)
         ids = sorted(self.identities.items(), key=lambda kv: (-kv[1][2], kv[0]))
         id_rows = (
@@ -247,6 +269,7 @@ text-align:left;vertical-align:top}} td.n{{text-align:right;font-variant-numeric
 .bar{{background:#4a78b5;height:12px;min-width:1px}} td:last-child{{min-width:260px}}
 .mosaic{{display:inline-block;margin:0 16px 16px 0;vertical-align:top;max-width:{6 * (THUMB_PX + 4)}px}}
 .mosaic h3{{font-size:13px;margin:4px 0}} .mosaic img{{width:{THUMB_PX}px;height:{THUMB_PX}px;margin:2px}}
+.examples img{{width:{THUMB_PX}px;height:{THUMB_PX}px;margin:2px}}
 .hist{{display:inline-block;margin-right:40px}} code{{background:#f3f3f3;padding:0 3px}}
 </style></head><body>
 <h1>{e(title)}</h1>
@@ -257,7 +280,10 @@ New {summary.get("clips_new", 0)}, cached {summary.get("clips_cached", 0)}, redo
 <h2>Funnel</h2><table><tr><th>stage</th><th>count</th><th></th></tr>{funnel_rows}</table>
 <h2>Clip rejections and failures</h2>
 <table><tr><th>reason</th><th>clips</th><th>examples</th></tr>{reason_rows}</table>
-<h2>Window rejections</h2><table><tr><th>reason</th><th>windows</th></tr>{window_rows}</table>
+<h2>Window rejections</h2>
+<p>Every rejected window is kept in <code>.work/rejected/</code> with its measures; those with a face can be queued
+for review (<code>voiceface queue OUT --reason REASON</code>).</p>
+<table><tr><th>reason</th><th>windows</th><th>example crops</th></tr>{window_rows}</table>
 <h2>Written windows flagged for a person or a trainer to weigh</h2>
 <table><tr><th>flag</th><th>windows</th></tr>{flag_rows}</table>
 <h2>Distributions of written windows</h2>
@@ -288,6 +314,10 @@ def _leakage_html(report: RunReport) -> str:
         f"closer than {lk['threshold']} (identities checked: {checked or 'none'}).</p>"
         + (f"<table><tr><th>distance</th><th>a</th><th>b</th></tr>{rows}</table>" if rows else "")
     )
+
+
+def _data_uri(jpg: bytes) -> str:
+    return f"data:image/jpeg;base64,{base64.b64encode(jpg).decode()}"
 
 
 def _thumbnail(jpg: bytes) -> bytes:

@@ -112,3 +112,39 @@ def test_embeddings_can_be_turned_off(media, tmp_path):
     s, ctx = run(media.stereo48k, tmp_path, embeddings=False)
     samples = list(read_samples(ctx.clip_tar("c1")))
     assert s.status == "ok" and samples and all("dlib.npy" not in x for x in samples)
+
+
+def test_every_rejected_window_is_kept_as_data_with_its_crop(media, tmp_path):
+    from pipeline.build import add_rejected_examples
+    from pipeline.config import FilterConfig
+    from pipeline.report import RunReport
+
+    cfg = Config(filters=FilterConfig(min_sharpness=1e9))  # every face is "blurry"
+    c = Clip("c1", str(media.moving), "person", 1)
+    ctx = BuildContext(tmp_path / "out", cfg)
+    s = run_clip(c, ctx)
+    assert (s.status, s.reason) == ("rejected", "blurry") and not ctx.clip_tar("c1").exists()
+    records = [json.loads(line) for line in ctx.rejected_log("c1").read_text().splitlines()]
+    assert len(records) == s.windows_total == 8  # every window: no speech, blurry or otherwise, one line each
+    by_reason: dict[str, int] = {}
+    for r in records:
+        by_reason[r["reason"]] = by_reason.get(r["reason"], 0) + 1
+    assert by_reason == s.window_rejections
+    blurry = [r for r in records if r["reason"] == "blurry"]
+    assert blurry and all(r["sample"] and r["measures"]["sharpness"] < 1e9 and "frame_time" in r for r in blurry)
+    samples = {x["__key__"]: x for x in read_samples(ctx.rejected_tar("c1"))}
+    assert set(samples) == {r["key"] for r in blurry}  # the whole sample, so a reviewer can rescue it
+    for r in blurry:
+        x = samples[r["key"]]
+        assert {"wav", "jpg", "json", "dlib.npy"} <= set(x) and json.loads(x["json"])["window_index"] == r[
+            "window_index"
+        ]
+        assert Image.open(io.BytesIO(x["jpg"])).size == (224, 224)
+    report = RunReport()
+    report.add_status(s)
+    add_rejected_examples(ctx, "c1", report)
+    assert [k for k, _, _ in report.window_examples["blurry"]] == [r["key"] for r in blurry][
+        : report.examples_per_reason
+    ]
+    html = report.html({})
+    assert html.count("title='c1-0") == len(report.window_examples["blurry"]) and "example crops" in html

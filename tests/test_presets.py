@@ -15,6 +15,7 @@ from pipeline.clip import BuildContext, run_clip
 from pipeline.config import Config, load_config
 from pipeline.features import speech2face_stft
 from pipeline.records import Clip
+from pipeline.review.queue import prepare_review
 from pipeline.stages.extras import augment_starts
 from pipeline.tars import read_samples
 from tests.conftest import read_wav
@@ -124,7 +125,7 @@ def build(manifest: Path, out: Path, preset: str) -> dict:
     plan = plan_build(manifest, out, load_config(None, preset))
     for clip in plan.todo:
         run_clip(clip, plan.ctx)
-    return finish_build(plan)
+    return finish_build(plan, prepare_review)
 
 
 def shard_samples(out: Path) -> dict[tuple[str, str], dict]:

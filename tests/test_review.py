@@ -30,9 +30,9 @@ from pipeline.review.queue import (
     fill_queue,
     medoid_distances,
     open_db,
+    prepare_review,
     queue_out,
     queue_reasons,
-    sharpness,
 )
 from pipeline.tars import read_samples
 
@@ -48,7 +48,7 @@ def build(manifest: Path, out: Path, mirror: Path | None = None, cfg: Config | N
     plan = plan_build(manifest, out, cfg or Config(), mirror=mirror)
     for c in plan.todo:
         run_clip(c, plan.ctx)
-    return finish_build(plan)
+    return finish_build(plan, prepare_review)
 
 
 def shard_keys(out: Path) -> list[str]:
@@ -123,8 +123,19 @@ def test_queue_reasons_follow_the_thresholds():
     assert queue_reasons(clean, strict) == ["small_face", "low_speech_ratio"]
 
 
+def sharpness(jpg: bytes) -> float:
+    """The filters' one definition of sharpness (pipeline/quality.py), on a decoded crop."""
+    from pipeline.quality import grey
+    from pipeline.quality import sharpness as measure
+
+    return measure(grey(np.asarray(Image.open(io.BytesIO(jpg)).convert("RGB"))))
+
+
 def test_sharpness_drops_with_blur_and_medoid_keeps_the_majority(built):
     sample = next(read_samples(built / ".work" / "clips" / "grace2.tar"))
+    # the queue reads the build's own measure from the sample json; it never measures again
+    item = open_db(built).item(sample["__key__"])
+    assert json.loads(item["metrics"])["sharpness"] == json.loads(sample["json"])["sharpness"]
     img = Image.open(io.BytesIO(sample["jpg"]))
     blurred = io.BytesIO()
     img.filter(ImageFilter.GaussianBlur(3)).save(blurred, "JPEG")

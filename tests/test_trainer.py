@@ -14,6 +14,7 @@ from flows.cli import main as voiceface
 from pipeline.build import finish_build, plan_build
 from pipeline.clip import run_clip
 from pipeline.config import Config
+from pipeline.review.queue import prepare_review
 from trainer import metrics as M
 from trainer.common import read_metrics
 from trainer.data import Decoder, eval_samples, label_map, loader, shard_urls, tar_samples, train_dataset
@@ -38,7 +39,7 @@ def shards(media, tmp_path_factory) -> Path:
     plan = plan_build(manifest, out / "out", Config())
     for c in plan.todo:
         run_clip(c, plan.ctx)
-    finish_build(plan)
+    finish_build(plan, prepare_review)
     return out / "out"
 
 

@@ -335,10 +335,10 @@ def _write(tar: _Tar) -> None:
     """The sidecar, atomically, in the clip tar's order."""
     side = sidecar_path(tar.path)
     side.parent.mkdir(parents=True, exist_ok=True)
-    samples = [
-        {"__key__": k, MEMBER: tar.features[k][0], "vggface.json": json.dumps(tar.features[k][1], sort_keys=True).encode()}
-        for k in tar.keys
-    ]
+    samples = []
+    for k in tar.keys:
+        npy, info = tar.features[k]
+        samples.append({"__key__": k, MEMBER: npy, "vggface.json": json.dumps(info, sort_keys=True).encode()})
     write_samples(side, samples, tar_mtime(tar.path))
 
 

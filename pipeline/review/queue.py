@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import quality
 from ..config import ReviewConfig
 from ..quality import medoid_distances
 from ..reasons import QueueReason, Reason
 from ..records import Clip, ClipStatus
+from ..tars import member_index, read_samples
 from .db import ClipRow, ItemRow, ReviewDB, now
 
 REVIEW_DIR = "review"
@@ -97,38 +97,23 @@ def _describe(reason: str, m: dict, cfg: ReviewConfig) -> str:
     return reason
 
 
-def sharpness(jpg: bytes) -> float:
-    """Variance of the Laplacian of the grey crop's central half (the face, not the padding around it)."""
-    from PIL import Image
-
-    return quality.sharpness(np.asarray(Image.open(io.BytesIO(jpg)).convert("L"), dtype=np.float32))
-
-
 # --- scanning clip tars ----------------------------------------------------------------------------------------
 
 
 def scan_clip(clip: QueueClip) -> tuple[list[ItemRow], dict[str, bytes]]:
     """Index a clip tar: each window's member offsets, metrics and embedding (read, never re-encoded)."""
-    members: dict[str, dict[str, list[int]]] = {}
-    data: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(clip.tar, "r") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            members.setdefault(key, {})[ext] = [m.offset_data, m.size]
-            if ext in ("json", "jpg", "dlib.npy"):
-                data.setdefault(key, {})[ext] = tar.extractfile(m).read()  # type: ignore[union-attr]
+    index = member_index(clip.tar)
+    members = {key: {ext: list(where) for ext, where in exts.items()} for key, exts in index.items()}
+    data = {s["__key__"]: s for s in read_samples(clip.tar)}
     items, vecs = [], {}
     for key, mem in members.items():
         d = data.get(key, {})
         if "json" not in d:
             continue
         meta = json.loads(d["json"])
-        keys = ("det_score", "face_px", "speech_ratio", "rms_dbfs", "av_sync", "av_unsynced")
+        # measured once, by the build's filters (pipeline/quality.py), and read here, never recomputed
+        keys = ("det_score", "face_px", "speech_ratio", "rms_dbfs", "sharpness", "av_sync", "av_unsynced")
         metrics = {k: meta[k] for k in keys if meta.get(k) is not None}
-        if "jpg" in d:
-            metrics["sharpness"] = round(sharpness(d["jpg"]), 2)
         if "dlib.npy" in d:
             vecs[key] = np.load(io.BytesIO(d["dlib.npy"])).astype(np.float32).tobytes()
         items.append(
@@ -343,6 +328,18 @@ class ReviewGate:
             "unreviewed_included": total["unreviewed_included"],
             "not_queued": total["not_queued"],
         }
+
+
+def prepare_review(plan) -> ReviewGate | None:
+    """A build's curation step (pipeline.build.finish_build's `curate`): fill OUT's review queue from the ok
+    clips (if the config says so); the gate its decisions make."""
+    from ..clip import read_status
+
+    ctx = plan.ctx
+    if ctx.cfg.review.queue_on_build:
+        ok = [(c, s) for c in plan.manifest.clips if (s := read_status(ctx, c.clip_id)) and s.status == "ok"]
+        fill_queue(ctx.out, build_clips(ctx.out, ok, ctx.mirror, ctx.base_dir), ctx.cfg.review)
+    return load_gate(ctx.out, ctx.cfg.review)
 
 
 def load_gate(out: Path, cfg: ReviewConfig) -> ReviewGate | None:

@@ -44,10 +44,9 @@ def synthetic_queue(out: Path, n: int, per_clip: int = 100, decided: float = 0.3
     sample = {"__key__": "synthetic-00000", "jpg": jpg.getvalue(), "wav": wav_bytes(np.zeros(16000, np.int16)),
               "json": b"{}"}  # fmt: skip
     write_samples(tar, [sample], 0.0)
-    import tarfile
+    from pipeline.tars import member_index
 
-    with tarfile.open(tar) as t:
-        members = {m.name.partition(".")[2]: [m.offset_data, m.size] for m in t if m.isfile()}
+    members = {ext: list(where) for ext, where in member_index(tar)["synthetic-00000"].items()}
     st = tar.stat()
     db = open_db(out)
     batches = []

@@ -35,11 +35,19 @@ def add_commands(sub) -> None:
         "queue",
         help="fill the review queue of a build",
         description="Queue a build's borderline windows (thresholds: config section `review`), and optionally "
-        "every window of some clips or identities.",
+        "every window of some clips or identities, and the windows the build rejected for some reasons.",
     )
     out_and_config(q)
     selection(q)
     q.add_argument("--reviewer", default="anonymous", help="recorded as who queued the clips/identities")
+    q.add_argument(
+        "--reason",
+        action="append",
+        default=[],
+        metavar="REASON",
+        help="also queue the windows the build rejected for this reason (e.g. blurry, identity_mismatch; `all`): "
+        "accepting one puts it in the shards at the next publish",
+    )
 
     r = sub.add_parser(
         "review",
@@ -86,6 +94,15 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        if args.reason:
+            from pipeline.review.queue import open_db, queue_rejected
+
+            rescued = queue_rejected(out, args.reason)
+            no_sample = rescued.pop("no_sample", 0)
+            print(f"rejected windows queued: {json.dumps(rescued)}"
+                  + (f"; {no_sample} more were rejected before a face was looked for (nothing to put back)"
+                     if no_sample else ""))  # fmt: skip
+            stats["progress"] = open_db(out).progress()
         p = stats["progress"]
         requested = f" ({stats['requested']} of them asked for)" if "requested" in stats else ""
         auto = {k: v for k, v in stats["reasons"].items() if k != "requested"}

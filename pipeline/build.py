@@ -125,8 +125,10 @@ class KeepGate(Protocol):
     """What packing asks of a curation step (pipeline/review provides one): which samples ship, and their counts."""
 
     outcomes: dict[str, Counter]
+    rescued: dict  # clip id -> the rejected windows put back, which `extra` yields at packing
 
     def __call__(self, key: str, meta: dict) -> bool: ...
+    def extra(self, clip_tar: Path) -> Iterable[dict]: ...
     def annotate(self, rows: list[ClipStatus]) -> None: ...
     def fingerprint(self) -> str: ...
     def totals(self) -> dict: ...
@@ -152,7 +154,8 @@ def write_outputs(
     """Pack the ok clips of `rows()` (line-ordered statuses, read twice), then write clips.jsonl, summary.json
     and report.html. Shared by the build and by publishing after review."""
     report = RunReport()
-    ok = [s for s, ran in rows() if ran and s.status == "ok"]
+    rescued = gate.rescued if gate is not None else {}
+    ok = [s for s, ran in rows() if ran and (s.status == "ok" or s.id in rescued)]
     packed = [(ctx.clip_tar(s.id), s.split) for s in ok]
     labels = None  # once OUT has a label map, every packing keeps it up to date
     if ctx.cfg.extras.labels or (ctx.out / LABELS_FILE).exists():
@@ -230,7 +233,10 @@ def _pack_unless_unchanged(
 
     annotate = (lambda meta: meta.__setitem__("identity_label", labels[meta["identity"]])) if labels else None
     placed = cae.add if cae is not None else None
-    counts = pack_shards(ctx.out, packed, ctx.cfg.shards, keep=gate, observe=observe, annotate=annotate, placed=placed)
+    extra = gate.extra if gate is not None else None
+    counts = pack_shards(
+        ctx.out, packed, ctx.cfg.shards, keep=gate, observe=observe, annotate=annotate, placed=placed, extra=extra
+    )
     if cae is not None:
         cae.write(ctx.out)
     report.check_leakage(ctx.cfg.filters.leakage_distance)

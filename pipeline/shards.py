@@ -6,6 +6,7 @@ truncated shard or a duplicated sample behind (the tars themselves are written b
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ def pack_shards(
     observe: Callable[[dict, dict], None] | None = None,
     annotate: Callable[[dict], None] | None = None,
     placed: Callable[[dict, str], None] | None = None,
+    extra: Callable[[Path], Iterable[dict]] | None = None,
 ) -> dict[str, dict[str, int]]:
     """Pack per-clip tars into `out/shards/{split}-NNNNNN.tar` and swap the directory in atomically.
 
@@ -46,7 +48,8 @@ def pack_shards(
     merged into its samples. The sample json's `split` is set here, so a split
     change needs no media work. `keep(key, meta)` can leave samples out (review decisions);
     `observe(meta, sample)` sees every sample written (for the report); `annotate(meta)` may add to a sample's
-    json (identity labels); `placed(meta, shard name)` hears where each sample went.
+    json (identity labels); `placed(meta, shard name)` hears where each sample went; `extra(clip tar)` gives
+    more samples of the clip (rejected windows a reviewer put back), merged in key order (the tar may be absent).
     Returns {split: {"samples": n, "shards": m}}.
     """
     import webdataset as wds
@@ -59,7 +62,9 @@ def pack_shards(
     try:
         for tar_path, split in clips:
             sidecar = read_sidecar(tar_path)
-            for sample in read_samples(tar_path):
+            own = read_samples(tar_path) if tar_path.exists() else iter(())
+            more = extra(tar_path) if extra is not None else ()
+            for sample in heapq.merge(own, more, key=lambda s: s["__key__"]):
                 meta = json.loads(sample["json"])
                 if keep is not None and not keep(sample["__key__"], meta):
                     continue

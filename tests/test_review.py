@@ -604,3 +604,80 @@ def test_curate_flow_waits_for_the_batch_then_publishes(out, prefect_harness):
     with get_client(sync_client=True) as prefect:
         assert prefect.read_flow_run(UUID(run_id)).state.is_completed()
     assert [a["kind"] for a in db.actions()][-2:] == ["decide", "done"]
+
+
+# --- rejected windows put back by a reviewer ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict(media, tmp_path_factory) -> Path:
+    """A build whose blur filter rejects every face: alice's clip is rejected whole, its windows kept as data."""
+    root = tmp_path_factory.mktemp("rescue")
+    shutil.copy(media.moving, root / "moving.mp4")
+    shutil.copy(media.stereo48k, root / "stereo48k.mp4")
+    manifest = root / "manifest.csv"
+    manifest.write_text("source,id,identity\nmoving.mp4,alice1,alice\nstereo48k.mp4,grace2,grace\n")
+    cfg = Config.from_dict({"filters": {"min_sharpness": 1e9}})
+    out = root / "out"
+    build(manifest, out, cfg=cfg)
+    return out
+
+
+def test_rejected_windows_are_queued_by_reason_and_an_accepted_one_ships(strict, tmp_path):
+    from pipeline.review.queue import queue_rejected
+
+    out = tmp_path / "out"
+    shutil.copytree(strict, out)
+    assert rows(out)["alice1"]["status"] == "rejected" and shard_keys(out) == []
+    counts = queue_rejected(out, ["blurry"])
+    assert counts["blurry"] == sum(r["window_rejections"].get("blurry", 0) for r in rows(out).values()) > 4
+    assert counts["no_sample"] == 0  # every blurry window had its face
+    again = queue_rejected(out, ["blurry"])  # queuing again adds nothing twice
+    db = open_db(out)
+    assert again == counts and db.progress()["queued"] == counts["blurry"]
+    keys = sorted(db.outcome_sets()[2])
+    assert all(db.item(k)["rescue"] and db.item(k)["reasons"] == '["rejected:blurry"]' for k in keys)
+    # the card's media come from the rejected-windows tar
+    assert client(out).get(f"/media/crop/{keys[0]}.jpg").content[:2] == b"\xff\xd8"
+    alice = [k for k in keys if k.startswith("alice1-")]
+    db.decide(alice[:2], "accept", "ann")
+    db.decide(alice[2:3], "reject", "ann")
+    publish(out, Config.from_dict({"filters": {"min_sharpness": 1e9}}))
+    assert shard_keys(out) == alice[:2]  # exactly the accepted ones; the undecided stay out
+    row = rows(out)["alice1"]
+    assert (row["status"], row["windows_written"]) == ("ok", 2) and "put back by review" in row["detail"]
+    assert rows(out)["grace2"]["status"] == "rejected"
+    # a rebuild with the same settings honours the same decisions
+    publish(out, Config.from_dict({"filters": {"min_sharpness": 1e9}}))
+    assert shard_keys(out) == alice[:2]
+
+
+def test_rescue_in_chromium(strict, tmp_path):
+    """From the command line to the shards: `voiceface queue --reason blurry`, a reviewer presses `a` on the page
+    filtered to that reason, `voiceface publish` ships the window."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from flows.cli import main as cli
+    from flows.review_app import ReviewServer, create_app
+
+    out = tmp_path / "out"
+    shutil.copytree(strict, out)
+    config = tmp_path / "c.yaml"
+    config.write_text("filters:\n  min_sharpness: 1.0e9\n")
+    assert cli(["queue", str(out), "--config", str(config), "--reason", "blurry"]) == 0
+    with ReviewServer(create_app(out)) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(server.url + "/?reason=rejected:blurry")
+        card = page.locator("article.card").nth(0)
+        expect(card).to_contain_text("rejected by the build (blurry)")
+        expect(card.locator("img.crop")).to_have_js_property("complete", True)
+        assert card.locator("img.crop").evaluate("img => img.naturalWidth") > 0  # the crop loaded
+        page.fill("#reviewer", "ann")
+        page.press("#reviewer", "Enter")
+        page.keyboard.press("a")
+        expect(card).to_have_class("card state-accept")
+        key = card.get_attribute("data-key")
+        browser.close()
+    assert cli(["publish", str(out), "--config", str(config)]) == 0
+    assert shard_keys(out) == [key]

@@ -43,6 +43,10 @@ CREATE INDEX IF NOT EXISTS items_queue ON items (queued, seq);
 CREATE INDEX IF NOT EXISTS items_clip ON items (clip_id, seq);
 CREATE INDEX IF NOT EXISTS items_identity ON items (identity, seq);
 CREATE TABLE IF NOT EXISTS embeddings (key TEXT PRIMARY KEY, vec BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rescue (
+  key TEXT PRIMARY KEY, clip_id TEXT NOT NULL, reason TEXT NOT NULL, tar TEXT NOT NULL, tar_size INTEGER,
+  tar_mtime_ns INTEGER
+);
 CREATE TABLE IF NOT EXISTS actions (
   id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, target TEXT, decision TEXT,
   reviewer TEXT NOT NULL, at TEXT NOT NULL, undoes INTEGER, n INTEGER NOT NULL DEFAULT 0
@@ -98,6 +102,22 @@ class ItemRow:
     metrics: dict
     meta: dict  # the sample json fields a card shows
     members: dict  # ext -> [offset, size] in the clip tar
+
+
+@dataclass(frozen=True)
+class RescueRow:
+    """A window the build rejected, queued so a reviewer can put it back: its sample lies in the clip's
+    rejected-windows tar (OUT/.work/rejected/<clip>.tar), not in the clip tar."""
+
+    key: str
+    clip_id: str
+    reason: str  # the build's rejection reason
+    tar: str  # relative to OUT
+    tar_size: int
+    tar_mtime_ns: int
+
+
+RESCUE_PREFIX = "rejected:"  # a rescue item's queue reason: "rejected:<the build's reason>"
 
 
 @dataclass(frozen=True)
@@ -219,7 +239,12 @@ class ReviewDB:
             for c, items, vecs in rescanned:
                 self._put_clip(conn, c)
                 keys = [i.key for i in items]
-                old = {r[0] for r in conn.execute("SELECT key FROM items WHERE clip_id = ?", (c.clip_id,))}
+                old = {
+                    r[0]
+                    for r in conn.execute(
+                        "SELECT key FROM items WHERE clip_id = ? AND key NOT IN (SELECT key FROM rescue)", (c.clip_id,)
+                    )
+                }
                 gone = old - set(keys)
                 conn.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in gone])
                 conn.executemany("DELETE FROM embeddings WHERE key = ?", [(k,) for k in gone])
@@ -239,7 +264,7 @@ class ReviewDB:
                 conn.execute(
                     "DELETE FROM embeddings WHERE key IN (SELECT key FROM items WHERE clip_id = ?)", (clip_id,)
                 )
-                conn.execute("DELETE FROM items WHERE clip_id = ?", (clip_id,))
+                conn.execute("DELETE FROM items WHERE clip_id = ? AND key NOT IN (SELECT key FROM rescue)", (clip_id,))
                 conn.execute("DELETE FROM clips WHERE clip_id = ?", (clip_id,))
 
     @staticmethod
@@ -262,7 +287,8 @@ class ReviewDB:
         with closing(self.connect()) as conn:
             return conn.execute(
                 "SELECT i.key, i.identity, i.metrics, i.reasons, i.queued, i.requested, "
-                "EXISTS (SELECT 1 FROM decisions d WHERE d.key = i.key) AS decided FROM items i"
+                "EXISTS (SELECT 1 FROM decisions d WHERE d.key = i.key) AS decided FROM items i "
+                "WHERE i.key NOT IN (SELECT key FROM rescue)"
             ).fetchall()
 
     def update_items(self, rows: Iterable[tuple[str, str, int, str]]) -> None:
@@ -512,20 +538,56 @@ class ReviewDB:
     def item(self, key: str) -> dict | None:
         with closing(self.connect()) as conn:
             r = conn.execute(
-                "SELECT i.*, c.tar, c.source_path, c.tar_size, c.tar_mtime_ns FROM items i "
-                "JOIN clips c ON c.clip_id = i.clip_id WHERE i.key = ?",
+                "SELECT i.*, COALESCE(r.tar, c.tar) AS tar, c.source_path, COALESCE(r.tar_size, c.tar_size) AS "
+                "tar_size, COALESCE(r.tar_mtime_ns, c.tar_mtime_ns) AS tar_mtime_ns, r.key IS NOT NULL AS rescue "
+                "FROM items i LEFT JOIN clips c ON c.clip_id = i.clip_id LEFT JOIN rescue r ON r.key = i.key "
+                "WHERE i.key = ?",
                 (key,),
             ).fetchone()
         return dict(r) if r else None
 
-    def window_members(self, clip_id: str, lo: int, hi: int) -> dict[int, dict]:
-        """window_index -> members of a clip's windows in [lo, hi] (the neighbours for context audio)."""
+    def window_members(self, clip_id: str, lo: int, hi: int, rescue: bool = False) -> dict[int, dict]:
+        """window_index -> members of a clip's windows in [lo, hi] (the neighbours for context audio), of its
+        kept windows (in the clip tar) or of its rescue items (in its rejected-windows tar)."""
         with closing(self.connect()) as conn:
             rows = conn.execute(
-                "SELECT window_index, members FROM items WHERE clip_id = ? AND window_index BETWEEN ? AND ?",
-                (clip_id, lo, hi),
+                "SELECT window_index, members FROM items WHERE clip_id = ? AND window_index BETWEEN ? AND ? "
+                "AND (key IN (SELECT key FROM rescue)) = ?",
+                (clip_id, lo, hi, int(rescue)),
             ).fetchall()
         return {r[0]: json.loads(r[1]) for r in rows}
+
+    def add_rescues(self, rows: list[tuple[RescueRow, ItemRow, int]]) -> int:
+        """Queue rejected windows (rescue row, item, queue position) in one transaction; returns how many were new.
+        One already queued keeps its decisions."""
+        with self.write() as conn:
+            known = {r[0] for r in conn.execute("SELECT key FROM rescue")}
+            new = [(r, i, seq) for r, i, seq in rows if r.key not in known]
+            conn.executemany(
+                "INSERT OR REPLACE INTO rescue VALUES (?, ?, ?, ?, ?, ?)",
+                [(r.key, r.clip_id, r.reason, r.tar, r.tar_size, r.tar_mtime_ns) for r, _, _ in rows],
+            )
+            conn.executemany(
+                "INSERT INTO items (key, clip_id, identity, seq, window_index, queued, reasons, metrics, meta, "
+                "members) VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
+                "members = excluded.members, metrics = excluded.metrics, meta = excluded.meta, queued = 1",
+                [
+                    (i.key, i.clip_id, i.identity, seq, i.window_index, json.dumps([RESCUE_PREFIX + r.reason]),
+                     json.dumps(i.metrics), json.dumps(i.meta), json.dumps(i.members))
+                    for r, i, seq in rows
+                ],
+            )  # fmt: skip
+        return len(new)
+
+    def rescues(self) -> list[RescueRow]:
+        with closing(self.connect()) as conn:
+            return [RescueRow(**dict(r)) for r in conn.execute("SELECT * FROM rescue ORDER BY key")]
+
+    def drop_rescues(self, keys: list[str]) -> None:
+        """Forget rescue items whose rejected-windows tar changed (the clip was made again); history stays."""
+        with self.write() as conn:
+            conn.executemany("DELETE FROM items WHERE key = ?", [(k,) for k in keys])
+            conn.executemany("DELETE FROM rescue WHERE key = ?", [(k,) for k in keys])
 
     def outcome_sets(self) -> tuple[set[str], set[str], set[str]]:
         """(accepted, rejected, queued) keys, for packing shards."""

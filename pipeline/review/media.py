@@ -157,7 +157,7 @@ def card_media(out: Path, db: ReviewDB, key: str, kind: str) -> bytes | Path | N
         if source is not None and (wav := context_from_source(source, meta["window_start"], meta["window_end"])):
             return wav
         index = item["window_index"]
-        neighbours = db.window_members(item["clip_id"], index - 3, index + 3)
+        neighbours = db.window_members(item["clip_id"], index - 3, index + 3, rescue=bool(item.get("rescue")))
         tar = inside(out, item["tar"])
         with open(tar, "rb") as f:
             data = {}

@@ -27,6 +27,8 @@ def publish(out: str | Path, cfg: Config | None = None) -> dict:
     ctx = BuildContext(out, cfg)
     # what the build measured (clips new, cached, processed) belongs to the build; publishing processed nothing
     gate = load_gate(out, cfg.review)
+    if gate is not None:
+        ran |= set(gate.rescued)  # clips the build rejected whole, some of whose windows review put back
     summary = write_outputs(ctx, lambda: ((r, r.id in ran) for r in rows), gate, {"published": True}, started)
     summary.pop("report_markdown")
     return summary

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import tarfile
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +24,10 @@ from ..quality import medoid_distances
 from ..reasons import QueueReason, Reason
 from ..records import Clip, ClipStatus
 from ..tars import member_index, read_samples
-from .db import ClipRow, ItemRow, ReviewDB, now
+from .db import RESCUE_PREFIX, ClipRow, ItemRow, RescueRow, ReviewDB, now
 
 REVIEW_DIR = "review"
+RESCUE_SEQ_BASE = 1_000_000_000  # rescue items follow every kept window in the queue
 META_FIELDS = ("window_start", "window_end", "frame_time", "bbox", "source", "speaker_choice", "faces_seen")
 
 
@@ -79,6 +79,8 @@ def describe(reason: str, metrics: dict, cfg: ReviewConfig) -> str:
 
 
 def _describe(reason: str, m: dict, cfg: ReviewConfig) -> str:
+    if reason.startswith(RESCUE_PREFIX):
+        return f"rejected by the build ({reason.removeprefix(RESCUE_PREFIX)}): accept to put it in the shards"
     match reason:
         case QueueReason.LOW_FACE_SCORE:
             return f"face score {m['det_score']:.2f} < {cfg.min_det_score}"
@@ -236,6 +238,10 @@ def clips_in_out(out: Path, mirror: Path | None = None) -> tuple[list[ClipStatus
         # only rows whose clip was run (not bad rows, duplicates, opt-outs) take the clip's own status
         if row.status == "ok" or row.reason in reviewed:
             done = ClipStatus.from_dict(json.loads(work.read_text())) if work.exists() else None
+            if done is not None and done.status == "rejected":  # the build rejected it whole; review put some back
+                done.split, done.line = row.split, row.line
+                rows.append(done)
+                continue
             if not (done and done.status == "ok" and tar.exists()):
                 raise FileNotFoundError(f"{tar} is missing: re-run the build to make clip {row.id} again")
             done.split, done.line = row.split, row.line
@@ -252,10 +258,9 @@ def clips_in_out(out: Path, mirror: Path | None = None) -> tuple[list[ClipStatus
 
 
 def _sample_source(tar: Path) -> str | None:
-    with tarfile.open(tar, "r") as t:
-        for m in t:
-            if m.name.endswith(".json"):
-                return json.loads(t.extractfile(m).read()).get("source")  # type: ignore[union-attr]
+    for sample in read_samples(tar):
+        if "json" in sample:
+            return json.loads(sample["json"]).get("source")
     return None
 
 
@@ -274,6 +279,17 @@ class ReviewGate:
     queued: set[str]
     include_unreviewed: bool = False
     outcomes: dict[str, Counter] = field(default_factory=dict)
+    rescued: dict[str, tuple[Path, set[str]]] = field(default_factory=dict)  # clip -> (rejected tar, accepted keys)
+
+    def extra(self, clip_tar: Path):
+        """The clip's rejected windows a reviewer accepted (their samples, from its rejected-windows tar)."""
+        found = self.rescued.get(clip_tar.stem)
+        if found is None or not found[0].exists():
+            return
+        tar, keys = found
+        for sample in read_samples(tar):
+            if sample["__key__"] in keys:
+                yield sample
 
     def __call__(self, key: str, meta: dict) -> bool:
         if key in self.rejected:
@@ -295,9 +311,14 @@ class ReviewGate:
         that `ok` keeps meaning "has samples in the shards".
         """
         for row in rows:
-            if row.status != "ok" or row.id not in self.outcomes:
+            if row.id not in self.outcomes:
                 continue
             c = self.outcomes[row.id]
+            if row.status != "ok":  # a clip the build rejected whole, whose rescued windows are now in the shards
+                if not self.rescued.get(row.id) or not c["accepted"]:
+                    continue
+                row.status, row.reason = "ok", None
+                row.detail = f"{c['accepted']} rejected windows put back by review ({row.detail})"
             row.review = {k: c[k] for k in ("accepted", "rejected", "unreviewed_excluded", "unreviewed_included")}
             kept = c["accepted"] + c["unreviewed_included"] + c["not_queued"]
             if kept != row.windows_written:
@@ -346,8 +367,13 @@ def load_gate(out: Path, cfg: ReviewConfig) -> ReviewGate | None:
     """The gate from OUT's review database; None when OUT has none (shards are packed as they are)."""
     if not db_path(out).exists():
         return None
-    accepted, rejected, queued = open_db(out).outcome_sets()
-    return ReviewGate(accepted, rejected, queued, cfg.include_unreviewed)
+    db = open_db(out)
+    accepted, rejected, queued = db.outcome_sets()
+    rescued: dict[str, tuple[Path, set[str]]] = {}
+    for r in db.rescues():
+        if r.key in accepted:
+            rescued.setdefault(r.clip_id, (Path(out) / r.tar, set()))[1].add(r.key)
+    return ReviewGate(accepted, rejected, queued, cfg.include_unreviewed, rescued=rescued)
 
 
 def queue_out(
@@ -371,3 +397,57 @@ def queue_out(
         stats["requested"] = len(db.request(reviewer, clips or [], identities or []))
     stats["progress"] = db.progress()
     return stats
+
+
+# --- rejected windows back into the queue -----------------------------------------------------------------------
+
+
+def queue_rejected(out: Path, reasons: list[str]) -> dict[str, int]:
+    """Queue the windows the build rejected for any of `reasons` (`all`: every reason) that have a sample (a face
+    was found), so a reviewer can put them back: an accepted one goes into the shards at the next publish.
+    Returns {reason: windows queued}, plus `no_sample`: windows of those reasons rejected before a face was
+    looked for (no crop, nothing to put back)."""
+    from ..clip import rejected_dir
+
+    out = Path(out)
+    db = open_db(out)
+    ids = {r["id"]: (i, r) for i, r in enumerate(map(json.loads, (out / "clips.jsonl").read_text().splitlines()))}
+    counts: Counter[str] = Counter()
+    rows: list[tuple[RescueRow, ItemRow, int]] = []
+    stale = []
+    known = {r.key: r for r in db.rescues()}
+    for log in sorted(rejected_dir(out).glob("*.jsonl")):
+        clip_id = log.stem
+        if clip_id not in ids:
+            continue  # a clip no longer in the build
+        position, row = ids[clip_id]
+        records = [json.loads(line) for line in log.read_text().splitlines()]
+        wanted = [r for r in records if "all" in reasons or r["reason"] in reasons]
+        counts["no_sample"] += sum(not r["sample"] for r in wanted)
+        wanted = {r["key"]: r for r in wanted if r["sample"]}
+        if not wanted:
+            continue
+        tar = log.with_suffix(".tar")
+        st, rel = tar.stat(), os.path.relpath(tar.resolve(), out.resolve())
+        index = member_index(tar)
+        for sample in read_samples(tar):
+            r = wanted.get(sample["__key__"])
+            if r is None:
+                continue
+            meta = json.loads(sample["json"])
+            keys = ("det_score", "face_px", "speech_ratio", "rms_dbfs", "sharpness", "av_sync", "av_unsynced")
+            metrics = {k: meta[k] for k in keys if meta.get(k) is not None}
+            members = {ext: list(where) for ext, where in index[r["key"]].items()}
+            identity = row.get("identity") or meta["identity"]
+            item = ItemRow(r["key"], clip_id, identity, r["window_index"], metrics,
+                           {k: meta[k] for k in META_FIELDS if k in meta}, members)  # fmt: skip
+            seq = (RESCUE_SEQ_BASE + position) * 1_000_000 + r["window_index"]
+            rows.append((RescueRow(r["key"], clip_id, r["reason"], rel, st.st_size, st.st_mtime_ns), item, seq))
+            counts[r["reason"]] += 1
+            old = known.get(r["key"])
+            if old is not None and (old.tar_size, old.tar_mtime_ns) != (st.st_size, st.st_mtime_ns):
+                stale.append(r["key"])
+    if stale:
+        db.drop_rescues(stale)
+    db.add_rescues(rows)
+    return dict(counts)

@@ -33,7 +33,7 @@ from pipeline.stages.faces import FaceStage
 from pipeline.stages.identity import IdentityStage
 from pipeline.stages.source import SourceStage
 from pipeline.stages.speech import SpeechStage
-from tests.conftest import read_wav
+from tests.conftest import best_lag, read_wav
 
 W = SAMPLE_RATE
 
@@ -183,3 +183,23 @@ def test_source_stage_places_the_clip_on_the_files_timeline(media, tmp_path):
     with pytest.raises(ClipError) as err:
         stage(Clip("c3", str(tmp_path / "missing.mp4"), "p", 1))
     assert err.value.reason == Reason.FILE_NOT_FOUND
+
+
+# -- decode ------------------------------------------------------------------------------------------------------
+
+
+def test_decode_stage_gives_the_clips_audio_and_tiles_a_short_one_when_asked(media, tmp_path):
+    from pipeline.stages.decode import decode_clip_audio
+
+    stage = SourceStage(Config().download, tmp_path)
+    clip_media = stage(Clip("c1", str(media.moving), "p", 1, start=2 * W, end=5 * W))
+    audio = decode_clip_audio(clip_media, Config())
+    assert len(audio.samples) == 3 * W and audio.tiled_from is None and audio.original is audio.samples
+    source = read_wav(media.speech16k).astype(np.float64)
+    assert abs(best_lag(audio.samples[:W].astype(np.float64), source, 2 * W) - 2 * W) <= 320  # the clip, not the file
+    short = stage(Clip("c2", str(media.short), "p", 1))
+    tiled = decode_clip_audio(short, Config(extras=ExtrasConfig(tile_short=True)))
+    n = len(tiled.original)
+    assert 0 < n < W and tiled.tiled_from == n and len(tiled.samples) == W
+    assert np.array_equal(tiled.samples[n : 2 * n], tiled.original[: min(n, W - n)]) or 2 * n > W
+    assert decode_clip_audio(short, Config()).tiled_from is None

@@ -19,6 +19,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pipeline.build import BuildPlan, describe_plan, finish_build, format_summary, output_paths, plan_build
 from pipeline.clip import BuildContext, read_status, record_crash, run_clip
 from pipeline.config import DownloadConfig, VGGFaceConfig, load_config
+from pipeline.lock import holds_out_lock
 from pipeline.records import Clip, ClipStatus
 from pipeline.review.queue import prepare_review
 
@@ -112,6 +113,7 @@ def vggface_stage(plan: BuildPlan, weights: str) -> None:
 
 # bounded by default too (Prefect's own default pool is not): deployments and subflow calls get this one
 @flow(name="build-shards", log_prints=True, task_runner=ThreadPoolTaskRunner(max_workers=2))
+@holds_out_lock("voiceface build")
 def build_shards(
     manifest: str,
     out: str,
@@ -120,9 +122,11 @@ def build_shards(
     optout: list[str] | None = None,
     workers: int = 2,
     preset: str | None = None,
+    wait_for_out: bool = False,
 ) -> dict:
     """Build WebDataset shards in OUT from a manifest. Re-running with the same arguments finishes an
-    interrupted build and redoes only what is missing or out of date."""
+    interrupted build and redoes only what is missing or out of date. Another run on the same OUT makes this
+    one stop at once, naming it (or wait for it, with `wait_for_out`)."""
     logger = get_run_logger()
     cfg = load_config(config, preset)
     vgg_weights = vggface_weights(cfg.vggface)
@@ -178,6 +182,7 @@ def run_build(
     runner: str = "thread",
     address: str | None = None,
     preset: str | None = None,
+    wait_for_out: bool = False,
 ) -> dict:
     """Run the build flow on a bounded pool (Prefect's default thread pool is unbounded)."""
     workers = max(1, int(workers))
@@ -191,6 +196,7 @@ def run_build(
             optout=[str(o) for o in optout] if optout else None,
             workers=workers,
             preset=preset,
+            wait_for_out=wait_for_out,
         )
 
 

@@ -24,6 +24,7 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optout", action="append", help="extra opt-out list (ids or URLs); manifests/optout.txt is read")
     p.add_argument("--runner", choices=RUNNERS, default="thread", help="threads, or Dask worker processes")
     p.add_argument("--address", help="with --runner dask: an existing cluster's scheduler, e.g. tcp://host:8786")
+    p.add_argument("--wait", action="store_true", help="if another run holds OUT, wait for it instead of stopping")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -83,8 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         channels, out = str(Path(args.channels).resolve()), str(Path(args.out).resolve())
         serve_deployments(channels, out, args.cron, args.workers, args.start_server, args.port)
         return 0
+    from pipeline.lock import OutLocked
+
+    try:
+        return _run(args)
+    except OutLocked as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from pipeline.lock import out_lock
+
     if args.command == "vggface":
-        return _vggface(args)
+        with out_lock(args.out, "voiceface vggface"):
+            return _vggface(args)
     if args.command in review_cli.COMMANDS:
         return review_cli.run(args)
     if args.command in trainer_cli.COMMANDS:
@@ -97,13 +111,14 @@ def main(argv: list[str] | None = None) -> int:
         manifest, mirror = DEMO_MANIFEST, args.media
     else:
         manifest, mirror = args.manifest, args.mirror
-    summary = finish_if_all_cached(manifest, args.out, mirror, args.config, args.optout, args.preset)
-    if summary is None:
-        from flows.build import run_build
+    with out_lock(args.out, f"voiceface {args.command}", wait=args.wait):
+        summary = finish_if_all_cached(manifest, args.out, mirror, args.config, args.optout, args.preset)
+        if summary is None:
+            from flows.build import run_build
 
-        pool = dict(config=args.config, optout=args.optout, workers=args.workers, runner=args.runner)
-        pool["preset"] = args.preset
-        summary = run_build(manifest, args.out, mirror=mirror, address=args.address, **pool)
+            pool = dict(config=args.config, optout=args.optout, workers=args.workers, runner=args.runner)
+            pool["preset"] = args.preset
+            summary = run_build(manifest, args.out, mirror=mirror, address=args.address, **pool)
     # bad clips are data (clips.jsonl), not a failed command; a clip that crashed on a bug is
     return 1 if summary.get("clips_crashed") else 0
 

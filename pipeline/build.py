@@ -66,6 +66,7 @@ def plan_build(
         base_dir=manifest_path.resolve().parent,
     )
     (ctx.work / "clips").mkdir(parents=True, exist_ok=True)
+    remove_partials(ctx.out)
     plan = BuildPlan(ctx, manifest)
     for clip in manifest.clips:
         if cached_status(clip, ctx) is not None:
@@ -82,6 +83,17 @@ def plan_build(
             for p in (ctx.clip_tar(status.id), ctx.clip_status_path(status.id)):
                 p.unlink(missing_ok=True)
     return plan
+
+
+def remove_partials(out: Path) -> None:
+    """Delete what killed runs left half-written (`*.partial`); the caller holds OUT's lock, so no run is writing."""
+    out = Path(out)
+    for d in (out, out / ".work" / "clips", out / ".work" / "rejected", out / ".work" / "vggface"):
+        if d.is_dir():
+            for p in d.glob("*.partial"):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+    clean_interrupted(out)
 
 
 def describe_plan(plan: BuildPlan, manifest_path: str | Path) -> list[str]:
@@ -118,6 +130,7 @@ def _rows(plan: BuildPlan) -> Iterator[tuple[ClipStatus, bool]]:
         if status is None:
             raise RuntimeError(f"clip {clip.clip_id} has no recorded status; the build did not run it")
         status.split = split_of(clip, ctx)  # a packing decision: it may change without media work
+        status.line = clip.line  # this manifest's line, whichever build made the clip
         yield status, True
 
 

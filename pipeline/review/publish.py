@@ -13,15 +13,19 @@ from pathlib import Path
 from ..build import write_outputs
 from ..clip import BuildContext
 from ..config import Config
+from ..lock import out_lock
 from .queue import clips_in_out, load_gate
 
 
 def publish(out: str | Path, cfg: Config | None = None) -> dict:
     """Rewrite OUT/shards without rejected windows (and, unless the config includes them, without queued
     windows nobody decided); update clips.jsonl, summary.json and report.html. Returns the new summary."""
+    with out_lock(out, "voiceface publish"):
+        return _publish(Path(out), cfg or Config())
+
+
+def _publish(out: Path, cfg: Config) -> dict:
     started = time.time()
-    out = Path(out)
-    cfg = cfg or Config()
     rows, clips = clips_in_out(out)
     ran = {c.clip_id for c in clips}
     ctx = BuildContext(out, cfg)

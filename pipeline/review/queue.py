@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ReviewConfig
+from ..lock import out_lock
 from ..quality import medoid_distances
 from ..reasons import QueueReason, Reason
 from ..records import Clip, ClipStatus
@@ -386,6 +387,11 @@ def queue_out(
 ) -> dict:
     """Fill OUT's queue from its build (no manifest needed), then queue every window of the given clips and
     identities. Unknown ones raise ValueError. Returns the fill's counts and the queue's progress."""
+    with out_lock(out, "voiceface queue"):
+        return _queue_out(Path(out), cfg, clips, identities, reviewer, mirror)
+
+
+def _queue_out(out, cfg, clips, identities, reviewer, mirror) -> dict:
     _, ok = clips_in_out(Path(out), mirror)
     unknown = [c for c in clips or [] if c not in {q.clip_id for q in ok}]
     unknown += [i for i in identities or [] if i not in {q.identity for q in ok}]
@@ -407,9 +413,13 @@ def queue_rejected(out: Path, reasons: list[str]) -> dict[str, int]:
     was found), so a reviewer can put them back: an accepted one goes into the shards at the next publish.
     Returns {reason: windows queued}, plus `no_sample`: windows of those reasons rejected before a face was
     looked for (no crop, nothing to put back)."""
+    with out_lock(out, "voiceface queue"):
+        return _queue_rejected(Path(out), reasons)
+
+
+def _queue_rejected(out: Path, reasons: list[str]) -> dict[str, int]:
     from ..clip import rejected_dir
 
-    out = Path(out)
     db = open_db(out)
     ids = {r["id"]: (i, r) for i, r in enumerate(map(json.loads, (out / "clips.jsonl").read_text().splitlines()))}
     counts: Counter[str] = Counter()

@@ -32,6 +32,7 @@ from .shards import atomic_write_bytes, write_clip_tar
 from .sources import Source, resolve_source
 from .speech import speech_windows, voiced, wav_bytes
 from .splits import split_for_identity
+from .utterance import add_utterance, utterance_of
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,9 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
     else:  # the frame at the window's centre
         step, first, n_frames = period_s, period_s / 2, n_cut
 
+    # voice2face / CAE: the clip's utterance (all its speech), computed once and carried by every window sample
+    utt = utterance_of(clip_audio, cfg) if ex.utterance else None
+
     av = None
     if cfg.filters.av_sync:
         av = AVSyncTracker(cfg.filters, clip_audio, file_start_s, tracker.models.landmarks68)
@@ -256,6 +260,8 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         embed_faces([face for _, _, face, _ in pending], cfg.faces)
         for win, frame_time, face, m in pending:
             sample = make_sample(clip, src, split, win, audio, frame_time, face, ctx, m, file_start_s, tiled_from)
+            if utt is not None:
+                add_utterance(sample, utt)
             yield sample, face.embedding
         pending.clear()
 

@@ -59,11 +59,11 @@ def write_split_labels(out: Path, by_split: dict[str, dict[str, int]]) -> None:
 
 def few_identity_splits(by_split: dict[str, dict[str, int]], splits=("train", "val", "test")) -> list[str]:
     """Warnings for splits with fewer than 2 identities: identity metrics and classifiers mean nothing there."""
+    counts = {split: len(by_split.get(split, {})) for split in splits}
     return [
-        f"split {split!r} has {len(by_split.get(split, {}))} identit{'y' if len(by_split.get(split, {})) == 1 else 'ies'}:"
-        " identity metrics (top-1 at chance 1.0) and identity losses need at least 2"
-        for split in splits
-        if len(by_split.get(split, {})) < 2
+        f"split {split!r} has {n} identities: identity metrics (top-1 at chance 1/n) and identity losses need 2 or more"
+        for split, n in counts.items()
+        if n < 2
     ]
 
 

@@ -106,6 +106,7 @@ $(STAMP): pyproject.toml
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV) || { echo "error: could not create $(VENV). Run: sudo apt-get install -y python3.11-venv"; exit 1; }
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pipeline.demo.photos  # the demo's portraits from a registry sdist, cached once (then offline)
 	@touch $(STAMP)
 
 clean:

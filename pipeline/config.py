@@ -120,7 +120,8 @@ class FilterConfig:
 class ShardConfig:
     maxcount: int = 1000  # samples per shard
     maxsize: int = 500_000_000  # bytes per shard
-    mtime: float = 0.0  # fixed tar mtime, so that shards are byte-reproducible
+    mtime: int = 0  # fixed tar mtime, so that shards are byte-reproducible; whole seconds: a float mtime makes
+    # tarfile write a pax header before every member, which doubles a reader's header parsing
     val_fraction: float = 0.1  # share of identities in val (by a stable hash of the identity)
     test_fraction: float = 0.1
     split_salt: str = "voiceface"  # change it to draw a different identity split

@@ -57,9 +57,10 @@ def write_split_labels(out: Path, by_split: dict[str, dict[str, int]]) -> None:
         atomic_write_bytes(path, data)
 
 
-def few_identity_splits(by_split: dict[str, dict[str, int]], splits=("train", "val", "test")) -> list[str]:
-    """Warnings for splits with fewer than 2 identities: identity metrics and classifiers mean nothing there."""
-    counts = {split: len(by_split.get(split, {})) for split in splits}
+def few_identity_splits(by_split: dict[str, dict[str, int]]) -> list[str]:
+    """Warnings for splits with fewer than 2 identities (train and val, and any other split in use): identity
+    metrics and classifiers mean nothing there."""
+    counts = {split: len(by_split.get(split, {})) for split in sorted({"train", "val", *by_split})}
     return [
         f"split {split!r} has {n} identities: identity metrics (top-1 at chance 1/n) and identity losses need 2 or more"
         for split, n in counts.items()

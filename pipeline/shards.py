@@ -34,7 +34,7 @@ def write_clip_tar(path: Path, samples: Iterable[dict], mtime: float) -> int:
     tmp = path.with_name(path.name + ".partial")
     n = 0
     with open(tmp, "wb") as f:
-        with wds.TarWriter(f, encoder=False, mtime=mtime) as w:
+        with wds.TarWriter(f, encoder=False, mtime=int(mtime)) as w:
             for sample in samples:
                 w.write(sample)
                 n += 1
@@ -115,7 +115,7 @@ def pack_shards(
                         maxsize=cfg.maxsize,
                         verbose=0,
                         encoder=False,
-                        mtime=cfg.mtime,
+                        mtime=int(cfg.mtime),
                     )
                     counts[split] = {"samples": 0, "shards": 0}
                 writers[split].write(sample)

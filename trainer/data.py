@@ -11,6 +11,8 @@ from __future__ import annotations
 import io
 import json
 import random
+import re
+import struct
 import wave
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,7 +49,17 @@ def label_map(shards: str | Path) -> dict[str, int]:
 
 
 def decode_wav(data: bytes) -> np.ndarray:
-    """16 kHz mono 16-bit PCM WAV bytes → int16 samples."""
+    """16 kHz mono 16-bit PCM WAV bytes → int16 samples. The pipeline's canonical 44-byte header is read directly
+    (5x faster than the wave module, which reads any other layout)."""
+    if (
+        len(data) >= 44
+        and data[:4] == b"RIFF"
+        and data[8:16] == b"WAVEfmt "
+        and data[36:40] == b"data"
+        and struct.unpack_from("<IHHIIHH", data, 16) == (16, 1, 1, SAMPLE_RATE, 2 * SAMPLE_RATE, 2, 16)
+    ):
+        n = struct.unpack_from("<I", data, 40)[0]
+        return np.frombuffer(data, dtype="<i2", count=min(n, len(data) - 44) // 2, offset=44)
     with wave.open(io.BytesIO(data)) as w:
         if w.getsampwidth() != 2 or w.getnchannels() != 1 or w.getframerate() != SAMPLE_RATE:
             raise ValueError(f"expected 16 kHz mono int16, got {w.getparams()}")
@@ -66,9 +78,10 @@ def decode_face(data: bytes, size: int) -> np.ndarray:
     """JPEG → uint8 (3, size, size). draft() lets libjpeg decode at 1/2 or 1/4 scale first: ~3x faster at 64 px."""
     from PIL import Image
 
-    im = Image.open(io.BytesIO(data))
+    im = Image.open(io.BytesIO(data), formats=("JPEG",))  # no probing of the other formats' plugins
     im.draft("RGB", (size, size))
-    im = im.convert("RGB")
+    if im.mode != "RGB":
+        im = im.convert("RGB")
     if im.size != (size, size):
         im = im.resize((size, size), Image.BOX)  # area average: antialiased, and cheaper than bilinear
     return np.asarray(im).transpose(2, 0, 1)
@@ -92,6 +105,19 @@ def face_feature(sample: dict) -> np.ndarray:
     return np.load(io.BytesIO(sample[key])).astype(np.float32)
 
 
+_IDENTITY = re.compile(rb'"identity": "((?:[^"\\]|\\.)*)"')
+
+
+def identity_of(meta: bytes) -> str:
+    """The sample json's `identity`. The pipeline writes it with json.dumps(sort_keys=True), where the top-level
+    key appears once as `"identity": "..."`; anything else is parsed in full (json.loads of a whole sample's json
+    was the loader's largest cost after the JPEG)."""
+    found = _IDENTITY.findall(meta)
+    if len(found) == 1:
+        return json.loads(b'"' + found[0] + b'"')
+    return json.loads(meta)["identity"]
+
+
 class Decoder:
     """A picklable sample → dict of numpy arrays (DataLoader workers receive it). `fields` picks the work:
     wav (float32 in [-1, 1], wav_len samples), face (uint8 CHW), label, dlib, stft / mel, feature (S2F target)."""
@@ -101,9 +127,9 @@ class Decoder:
 
     def __call__(self, sample: dict) -> dict:
         out = {"key": sample["__key__"]}
-        meta = json.loads(sample["json"])
-        out["label"] = self.labels.get(meta["identity"], -1)  # -1: an identity the label map does not know
-        out["identity"] = meta["identity"]
+        identity = identity_of(sample["json"])
+        out["label"] = self.labels.get(identity, -1)  # -1: an identity the label map does not know
+        out["identity"] = identity
         for f in self.fields:
             if f == "wav":
                 out["wav"] = fit_length(decode_wav(sample["wav"]), self.wav_len).astype(np.float32) / 32768.0
@@ -135,61 +161,20 @@ def collate(samples: list[dict]) -> dict:
     return out
 
 
-def _tar_members(buf) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular file of a tar in memory: ustar, pax (`path`) and GNU long names."""
-    off, n, long_name = 0, len(buf), None
-    while off + 512 <= n:
-        hdr = bytes(buf[off : off + 512])
-        if hdr == _ZERO_BLOCK:
-            return
-        raw = hdr[124:136]
-        size = int.from_bytes(raw[1:], "big") if raw[0] & 0x80 else int(raw.strip(b"\0 ") or b"0", 8)
-        kind, start = hdr[156:157], off + 512
-        off = start + (size + 511) // 512 * 512
-        if kind == b"x":  # pax extended header: "LEN key=value\n" records for the next member
-            for rec in bytes(buf[start : start + size]).decode("utf-8").split("\n"):
-                k, _, v = rec.partition(" ")[2].partition("=")
-                if k == "path":
-                    long_name = v
-            continue
-        if kind == b"L":  # GNU long name
-            long_name = bytes(buf[start : start + size]).rstrip(b"\0").decode("utf-8")
-            continue
-        if kind in (b"0", b"\0"):
-            name = long_name
-            if name is None:
-                name = hdr[:100].rstrip(b"\0").decode("utf-8")
-                if hdr[257:262] == b"ustar" and hdr[345] != 0:
-                    name = hdr[345:500].rstrip(b"\0").decode("utf-8") + "/" + name
-            yield name, bytes(buf[start : start + size])
-        long_name = None
-
-
-_ZERO_BLOCK = bytes(512)
-
-
 def tar_samples(src: Iterable[dict]) -> Iterator[dict]:
-    """webdataset's shard → samples step (`dict(url=...)` in, samples grouped by key out), with tar headers parsed
-    directly from a memory map: tarfile's pure-Python header parsing was half the loader's time."""
-    import mmap
+    """webdataset's own shard → samples step (`dict(url=...)` in, samples grouped by key out): the key is a member's
+    name up to the first dot of its base name. Shards are opened with a large buffer: the reader then costs
+    little next to decoding."""
+    import webdataset as wds
 
+    return wds.tarfile_to_samples()(_opened(src))
+
+
+def _opened(src: Iterable[dict]) -> Iterator[dict]:
+    """wds.url_opener for local shard files, with a 1 MiB read buffer (fewer system calls than the default)."""
     for item in src:
-        url = item["url"]
-        with open(url, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            sample = None
-            for name, data in _tar_members(buf):
-                slash = name.rfind("/") + 1
-                dot = name.find(".", slash)
-                if dot < 0:
-                    continue
-                key, ext = name[:dot], name[dot + 1 :]
-                if sample is None or sample["__key__"] != key:
-                    if sample is not None:
-                        yield sample
-                    sample = {"__key__": key, "__url__": url}
-                sample[ext] = data
-            if sample is not None:
-                yield sample
+        with open(item["url"], "rb", buffering=1 << 20) as stream:
+            yield {**item, "stream": stream}
 
 
 class Shuffle:
@@ -206,7 +191,7 @@ class Shuffle:
         if self.owner != (rank, worker, workers):  # a worker may inherit a generator used in the main process
             self.owner = (rank, worker, workers)
             self.rng = random.Random(f"{self.seed}-{rank}-{worker}-{workers}")
-        return wds.filters._shuffle(src, self.buffer, initial=min(100, self.buffer), rng=self.rng)
+        return wds.shuffle(self.buffer, initial=min(100, self.buffer), rng=self.rng)(src)
 
 
 def train_dataset(shards, decoder: Decoder, batch_size: int, epoch_batches: int, buffer: int = 1000, seed: int = 0):
@@ -214,7 +199,7 @@ def train_dataset(shards, decoder: Decoder, batch_size: int, epoch_batches: int,
     shard shuffle: each worker and node draws its own), a sample shuffle buffer, `epoch_batches` batches an epoch."""
     import webdataset as wds
 
-    # wds.WebDataset(urls, resampled=True, nodesplitter=..., workersplitter=...) with a faster tar reader
+    # wds.WebDataset(urls, resampled=True, nodesplitter=..., workersplitter=...), spelt out to seed the shuffle
     return wds.DataPipeline(
         # deterministic: seeded by (seed, worker, epoch), so each worker and epoch draws its own shards, reproducibly
         wds.ResampledShards(shard_urls(shards, "train"), seed=seed, deterministic=True),

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-MODELS = ("wav2pix", "speech2face")
+MODELS = ("wav2pix", "speech2face", "voice2face", "cae")
 COMMANDS = ("train", "eval")
 
 
 def add_commands(sub) -> None:
     t = sub.add_parser(
         "train",
-        help="train Wav2Pix or the Speech2Face voice encoder on a build's shards",
+        help="train Wav2Pix, the Speech2Face voice encoder, the voice2face GAN or the CAE on a build's shards",
         description="Train on SHARDS' train split into RUN (metrics.csv, samples/, checkpoint.pt). "
         "A RUN with a checkpoint resumes from it unless --fresh.",
     )
@@ -39,11 +39,9 @@ def add_commands(sub) -> None:
 
 
 def _module(name: str):
-    if name == "wav2pix":
-        from trainer.wav2pix import train as m
-    else:
-        from trainer.speech2face import train as m
-    return m
+    import importlib
+
+    return importlib.import_module(f"trainer.{name}.train")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -99,10 +99,46 @@ def audio_feature(sample: dict, kind: str) -> np.ndarray:
     return speech2face_stft(audio) if kind == "stft" else log_mel(audio)
 
 
-def face_feature(sample: dict) -> np.ndarray:
-    """The Speech2Face target: `vggface.npy` when present, else `dlib.npy`; float32."""
-    key = "vggface.npy" if "vggface.npy" in sample else "dlib.npy"
+def face_feature(sample: dict, target: str | None = None) -> np.ndarray:
+    """The Speech2Face target, float32: `vggface.npy` (VGG-Face fc7, 4096-D) or `dlib.npy` (128-D); target None
+    takes vggface.npy when the sample has it."""
+    target = target or ("vggface" if "vggface.npy" in sample else "dlib")
+    key = f"{target}.npy"
+    if key not in sample:
+        raise KeyError(f"sample {sample.get('__key__')} has no {key} (the run's face target is {target})")
     return np.load(io.BytesIO(sample[key])).astype(np.float32)
+
+
+def split_label_map(shards: str | Path, split: str = "train") -> dict[str, int]:
+    """identity → 0..k-1 over the split's identities (what a classifier of k classes needs): OUT/split_labels.json
+    when the build wrote one, else the split's identities ranked by their global label (`label_map`)."""
+    d = shard_dir(shards)
+    for p in (d / "split_labels.json", d.parent / "split_labels.json"):
+        if p.is_file():
+            by_split = json.loads(p.read_text())
+            if split in by_split:
+                return {str(k): int(v) for k, v in by_split[split].items()}
+    glob = label_map(shards)
+    ids = {identity_of(s["json"]) for s in tar_samples({"url": u} for u in shard_urls(shards, split))}
+    return {name: i for i, name in enumerate(sorted(ids, key=lambda x: (glob.get(x, len(glob)), x)))}
+
+
+def wav2pix_scale(x: np.ndarray) -> np.ndarray:
+    """Wav2Pix's audio scaling (its dataset_builder): divided by its largest magnitude, then pre-emphasis 0.95
+    (y[0] = x[0], y[n] = x[n] - 0.95 x[n-1]); float32."""
+    x = x.astype(np.float32)
+    peak = np.abs(x).max()
+    x = x / peak if peak > 0 else x
+    return np.concatenate([x[:1], x[1:] - 0.95 * x[:-1]]).astype(np.float32)
+
+
+def random_crop_frames(mel: np.ndarray, n: int, rng: random.Random | None = None) -> np.ndarray:
+    """n consecutive frames at a random offset; an utterance shorter than n is tiled first (voice2face's get_fbank
+    tiles short recordings)."""
+    if len(mel) < n:
+        mel = np.tile(mel, (-(-n // len(mel)), 1))
+    start = (rng or random).randrange(len(mel) - n + 1)
+    return mel[start : start + n]
 
 
 _IDENTITY = re.compile(rb'"identity": "((?:[^"\\]|\\.)*)"')
@@ -120,10 +156,16 @@ def identity_of(meta: bytes) -> str:
 
 class Decoder:
     """A picklable sample → dict of numpy arrays (DataLoader workers receive it). `fields` picks the work:
-    wav (float32 in [-1, 1], wav_len samples), face (uint8 CHW), label, dlib, stft / mel, feature (S2F target)."""
+    wav (float32 in [-1, 1], wav_len samples), w2p_wav (the window or one of its `aug.npy` chunks, at random, scaled
+    as Wav2Pix's code does), face (uint8 CHW), label, dlib, stft / mel, utt (utt_frames frames of `utt.npy`),
+    feature (the Speech2Face target: `target` vggface or dlib; None: vggface.npy when present)."""
 
-    def __init__(self, labels: dict[str, int], fields=("wav", "face", "label"), face_size=64, wav_len=16384):
+    def __init__(
+        self, labels: dict[str, int], fields=("wav", "face", "label"), face_size=64, wav_len=16384,
+        target: str | None = None, utt_frames: int = 800,
+    ):  # fmt: skip
         self.labels, self.fields, self.face_size, self.wav_len = labels, tuple(fields), face_size, wav_len
+        self.target, self.utt_frames = target, utt_frames
 
     def __call__(self, sample: dict) -> dict:
         out = {"key": sample["__key__"]}
@@ -142,7 +184,18 @@ class Decoder:
             elif f in ("stft", "mel"):
                 out[f] = audio_feature(sample, f)
             elif f == "feature":
-                out["feature"] = face_feature(sample)
+                out["feature"] = face_feature(sample, self.target)
+            elif f == "w2p_wav":  # Wav2Pix: the window or one of its augmentation chunks, scaled as the original
+                aug = np.load(io.BytesIO(sample["aug.npy"])) if "aug.npy" in sample else None
+                pick = random.randrange(1 + (len(aug) if aug is not None else 0))
+                raw = decode_wav(sample["wav"]) if pick == 0 else aug[pick - 1]
+                out["wav"] = wav2pix_scale(fit_length(raw, self.wav_len))
+            elif f == "w2p_window":  # Wav2Pix at evaluation: the window itself, scaled as the original
+                out["wav"] = wav2pix_scale(fit_length(decode_wav(sample["wav"]), self.wav_len))
+            elif f == "utt":  # voice2face / CAE: utt_frames frames of the clip's utterance, at a random offset
+                out["utt"] = random_crop_frames(np.load(io.BytesIO(sample["utt.npy"])), self.utt_frames).astype(
+                    np.float32
+                )
             elif f != "label":
                 raise ValueError(f"unknown field {f!r}")
         return out

@@ -48,7 +48,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_orchestration.py
 	$(BIN)/python benchmarks/bench_loader.py
 
-## train: MODEL=wav2pix|speech2face SHARDS=dir RUN=dir [STEPS=N] [TRAIN_CONFIG=tiny] (resumes RUN/checkpoint.pt)
+## train: MODEL=wav2pix|speech2face|voice2face|cae SHARDS=dir RUN=dir [STEPS=N] [TRAIN_CONFIG=tiny] (resumes RUN/checkpoint.pt)
 MODEL ?= wav2pix
 SHARDS ?= $(OUT)
 RUN ?= out/runs/$(MODEL)

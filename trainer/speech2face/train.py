@@ -118,10 +118,10 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
     ck = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     if ck is not None:
         labels, args, start = ck["labels"], VoiceEncoderArgs(**ck["model_args"]), ck["step"]
-        target = ck.get("target") or ("vggface" if args.out_dim == 4096 else "dlib")
+        face_target = ck.get("target") or ("vggface" if args.out_dim == 4096 else "dlib")
     else:
         labels, start = split_label_map(shards, "train"), 0
-        target, dim = resolve_target(shards, cfg.target)
+        face_target, dim = resolve_target(shards, cfg.target)
         args = dataclasses.replace(cfg.model, out_dim=dim)
     torch.manual_seed(cfg.seed + start)
     model = VoiceEncoder(args).to(device)
@@ -133,7 +133,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
         sched.load_state_dict(ck["sched"])
         print(f"resuming {ckpt_path} at step {start}")
 
-    decoder = Decoder(labels, (args.feature, "feature", "face"), face_size=64, target=target)
+    decoder = Decoder(labels, (args.feature, "feature", "face"), face_size=64, target=face_target)
     seed = cfg.seed + start  # a resumed run draws new samples rather than replaying the first ones
     data = batches(
         loader(
@@ -144,7 +144,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
     )
     log = CsvLog(run / "metrics.csv", LOSSES)
     t0, last = time.time(), {}
-    print(f"face target: {target} ({args.out_dim}-D)")
+    print(f"face target: {face_target} ({args.out_dim}-D)")
     model.train()
     for step in range(start, cfg.steps):
         b = next(data)
@@ -183,7 +183,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
                 opt=opt.state_dict(),
                 sched=sched.state_dict(),
                 labels=labels,
-                target=target,
+                target=face_target,
             )
             save_checkpoint(ckpt_path, buf)
     log.close()

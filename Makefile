@@ -48,7 +48,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_orchestration.py
 	$(BIN)/python benchmarks/bench_loader.py
 
-## train: MODEL=wav2pix|speech2face SHARDS=dir RUN=dir [STEPS=N] [TRAIN_CONFIG=tiny] (resumes RUN/checkpoint.pt)
+## train: MODEL=wav2pix|speech2face|voice2face|cae SHARDS=dir RUN=dir [STEPS=N] [TRAIN_CONFIG=tiny] (resumes RUN/checkpoint.pt)
 MODEL ?= wav2pix
 SHARDS ?= $(OUT)
 RUN ?= out/runs/$(MODEL)
@@ -106,6 +106,7 @@ $(STAMP): pyproject.toml
 	@[ -x $(BIN)/python ] || $(PY) -m venv $(VENV) || { echo "error: could not create $(VENV). Run: sudo apt-get install -y python3.11-venv"; exit 1; }
 	$(BIN)/python -m pip install -q --upgrade "pip>=24"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pipeline.demo.photos  # the demo's portraits from a registry sdist, cached once (then offline)
 	@touch $(STAMP)
 
 clean:

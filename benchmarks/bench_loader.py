@@ -45,7 +45,7 @@ def synthetic_shards(n_shards: int = 8, per_shard: int = 500) -> Path:
     urls = sorted(str(p) for p in (demo_shards() / "shards").glob("*.tar"))
     src = [s for s in wds.WebDataset(urls, shardshuffle=False) if "dlib.npy" in s]
     for i in range(n_shards):
-        with wds.TarWriter(str(d / f"train-{i:06d}.tar")) as w:
+        with wds.TarWriter(str(d / f"train-{i:06d}.tar"), mtime=0) as w:  # as the pipeline packs shards
             for j in range(per_shard):
                 s = src[(i * per_shard + j) % len(src)]
                 w.write({k: v for k, v in s.items() if not k.startswith("__")} | {"__key__": f"bench{i}-{j:05d}"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -71,6 +72,16 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--config", help="YAML config file (its vggface section is used)")
     v.add_argument("--weights", help="vgg_face_dag.pth (default: vggface.weights, else $VGGFACE_WEIGHTS)")
     v.add_argument("--force", action="store_true", help="recompute features that are already there")
+    x = sub.add_parser(
+        "export",
+        help="write a build's shards in an original repository's layout",
+        description="Write OUT's shards into DIR in the on-disk layout of the original code: wav2pix "
+        "(imatge-upc/wav2pix), speech2face (saiteja-talluri/Speech2Face, needs vggface.npy) or voice2face "
+        "(cmu-mlsp/reconstructing_faces_from_voices, needs utt.npy). See docs/export.md.",
+    )
+    x.add_argument("out", help="a build's output directory")
+    x.add_argument("--format", required=True, choices=("wav2pix", "speech2face", "voice2face"))
+    x.add_argument("dir", help="destination directory")
     review_cli.add_commands(sub)
     trainer_cli.add_commands(sub)
     return parser
@@ -99,6 +110,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "vggface":
         with out_lock(args.out, "voiceface vggface"):
             return _vggface(args)
+    if args.command == "export":
+        from pipeline.export import export
+
+        print(json.dumps(export(Path(args.out), args.format, Path(args.dir)), indent=1))
+        return 0
     if args.command in review_cli.COMMANDS:
         return review_cli.run(args)
     if args.command in trainer_cli.COMMANDS:

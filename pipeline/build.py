@@ -23,7 +23,15 @@ from . import PIPELINE_VERSION
 from .clip import BuildContext, cached_status, read_status, split_of
 from .config import Config
 from .enrich import sidecar_path
-from .labels import CAE_INDEX_FILE, LABELS_FILE, CaeIndex, update_labels
+from .labels import (
+    CAE_INDEX_FILE,
+    LABELS_FILE,
+    CaeIndex,
+    few_identity_splits,
+    split_labels,
+    update_labels,
+    write_split_labels,
+)
 from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
@@ -170,11 +178,18 @@ def write_outputs(
     rescued = gate.rescued if gate is not None else {}
     ok = [s for s, ran in rows() if ran and (s.status == "ok" or s.id in rescued)]
     packed = [(ctx.clip_tar(s.id), s.split) for s in ok]
-    labels = None  # once OUT has a label map, every packing keeps it up to date
+    labels = by_split = None  # once OUT has a label map, every packing keeps it up to date
     if ctx.cfg.extras.labels or (ctx.out / LABELS_FILE).exists():
         labels = update_labels(ctx.out, (s.identity for s in ok if s.identity is not None))
+        by_split = split_labels(labels, ((s.identity, s.split) for s in ok if s.identity is not None))
+        write_split_labels(ctx.out, by_split)
+    warnings = few_identity_splits(
+        by_split or split_labels({i: 0 for i in {s.identity for s in ok}}, ((s.identity, s.split) for s in ok))
+    )
+    for w in warnings:
+        print(f"warning: {w}", flush=True)
     del ok
-    counts = _pack_unless_unchanged(ctx, packed, report, gate, labels)
+    counts = _pack_unless_unchanged(ctx, packed, report, gate, labels, by_split)
     by_status: Counter[str] = Counter()
     partial = ctx.out / "clips.jsonl.partial"
     with open(partial, "w") as f:
@@ -190,6 +205,7 @@ def write_outputs(
     summary = summarise(ctx, report, by_status, counts, run, started)
     if gate is not None:
         summary["review"] = gate.totals()
+    summary["warnings"] = warnings
     atomic_write_bytes(ctx.out / "summary.json", json.dumps(summary, indent=2).encode())
     atomic_write_bytes(ctx.out / "report.html", report.html(summary).encode())
     summary["report_markdown"] = report.markdown(summary)
@@ -213,6 +229,7 @@ def _pack_unless_unchanged(
     report: RunReport,
     gate: KeepGate | None,
     labels: dict[str, int] | None = None,
+    by_split: dict[str, dict[str, int]] | None = None,
 ) -> dict:
     """Pack the shards, unless the inputs of the last packing (the same clip tars, splits, shard settings and
     review decisions) are unchanged and its shards are still in place: then they already are what packing
@@ -227,7 +244,7 @@ def _pack_unless_unchanged(
     cae = CaeIndex() if ctx.cfg.extras.cae_index or (ctx.out / CAE_INDEX_FILE).exists() else None
     digest.update(f"leakage {ctx.cfg.filters.leakage_distance}\n".encode())
     if labels is not None or cae is not None:
-        digest.update(json.dumps([labels, cae is not None], sort_keys=True).encode())
+        digest.update(json.dumps([labels, by_split, cae is not None], sort_keys=True).encode())
     record = ctx.work / "pack.json"
     if record.exists():
         last = json.loads(record.read_text())
@@ -244,11 +261,21 @@ def _pack_unless_unchanged(
         report.add_sample(meta, sample["jpg"])
         report.add_embedding(meta, sample.get("dlib.npy"))
 
-    annotate = (lambda meta: meta.__setitem__("identity_label", labels[meta["identity"]])) if labels else None
+    def annotate(meta: dict) -> None:
+        meta["identity_label"] = labels[meta["identity"]]
+        meta["split_label"] = by_split[meta["split"]][meta["identity"]]
+
     placed = cae.add if cae is not None else None
     extra = gate.extra if gate is not None else None
     counts = pack_shards(
-        ctx.out, packed, ctx.cfg.shards, keep=gate, observe=observe, annotate=annotate, placed=placed, extra=extra
+        ctx.out,
+        packed,
+        ctx.cfg.shards,
+        keep=gate,
+        observe=observe,
+        annotate=annotate if labels else None,
+        placed=placed,
+        extra=extra,
     )
     if cae is not None:
         cae.write(ctx.out)

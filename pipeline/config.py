@@ -77,8 +77,17 @@ class ExtrasConfig:
     first_face_step_s: float = 0.2  # ... frames tried at this step from the window start ...
     first_face_span_s: float = 1.0  # ... over this many seconds
     mel: bool = False  # voice2face / cae: mel.npy, 64-band normalised log-mel of the window's VAD speech frames
+    utterance: bool = False  # voice2face / cae: utt.npy, a (frames, 64) mel over all the clip's speech (utterance.py)
+    utterance_features: str = "original"  # original: voice2face's own preprocessing, exactly; voiceface: as mel.npy
+    utterance_max_s: float = 30.0  # ... over at most this many seconds of the clip's speech (the first ones)
     labels: bool = False  # integer identity labels (json identity_label), kept stable in OUT/labels.json
     cae_index: bool = False  # OUT/cae_index.json: each split's samples by identity, for triplet sampling
+
+    def __post_init__(self):
+        if self.utterance_features not in ("original", "voiceface"):
+            raise ValueError(
+                f"extras.utterance_features must be original or voiceface, not {self.utterance_features!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -111,7 +120,8 @@ class FilterConfig:
 class ShardConfig:
     maxcount: int = 1000  # samples per shard
     maxsize: int = 500_000_000  # bytes per shard
-    mtime: float = 0.0  # fixed tar mtime, so that shards are byte-reproducible
+    mtime: int = 0  # fixed tar mtime, so that shards are byte-reproducible; whole seconds: a float mtime makes
+    # tarfile write a pax header before every member, which doubles a reader's header parsing
     val_fraction: float = 0.1  # share of identities in val (by a stable hash of the identity)
     test_fraction: float = 0.1
     split_salt: str = "voiceface"  # change it to draw a different identity split
@@ -170,10 +180,10 @@ PRESETS: dict[str, dict[str, dict]] = {
         "extras": {"stft": True, "tile_short": True, "first_good_face": True},
     },
     "voice2face": {
-        "extras": {"mel": True, "face_sizes": (64,), "labels": True},
+        "extras": {"mel": True, "utterance": True, "face_sizes": (64,), "labels": True},
     },
     "cae": {
-        "extras": {"mel": True, "face_sizes": (64,), "labels": True, "cae_index": True},
+        "extras": {"mel": True, "utterance": True, "face_sizes": (64,), "labels": True, "cae_index": True},
     },
 }
 

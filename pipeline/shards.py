@@ -80,7 +80,7 @@ def pack_shards(
                         maxsize=cfg.maxsize,
                         verbose=0,
                         encoder=False,
-                        mtime=cfg.mtime,
+                        mtime=int(cfg.mtime),
                     )
                     counts[split] = {"samples": 0, "shards": 0}
                 writers[split].write(sample)

@@ -54,7 +54,7 @@ def write_samples(path: Path, samples: Iterable[dict], mtime: float) -> int:
     tmp = partial_path(path)
     n = 0
     with open(tmp, "wb") as f:
-        with TarWriter(f, encoder=False, mtime=mtime) as w:
+        with TarWriter(f, encoder=False, mtime=int(mtime)) as w:  # a float mtime adds a pax header per member
             for sample in samples:
                 w.write(sample)
                 n += 1

@@ -37,3 +37,29 @@ def test_log_mel_is_64_bands_normalised_per_utterance():
     noisy = log_mel((np.random.default_rng(0).normal(0, 3000, 48000)).astype(np.int16))
     np.testing.assert_allclose(noisy.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(noisy.std(0), 1, atol=1e-3)
+
+
+def test_original_voice2face_features_follow_the_sphinx_front_end():
+    from pipeline.features import WIN, original_fbank, original_logspec, sphinx_filterbank, tile_frames
+
+    x = sine(1000, 2.0)
+    spec = original_logspec(x)
+    assert spec.shape == (int(len(x) / 160 + 1), 64)  # sig2logspec's frame count: past the end, cyclic padding
+    fb = sphinx_filterbank()
+    assert fb.shape == (513, 64)  # a 1024-point FFT
+    np.testing.assert_allclose(fb.sum(0) * 16000 / 1024, 1.0, atol=0.2)  # area-normalised triangles (2 / width)
+    assert fb[: round(20 * 1024 / 16000)].sum() == 0 and fb[round(7200 * 1024 / 16000) + 1 :].sum() == 0
+    band = int(np.argmax(fb[round(1000 * 1024 / 16000)]))  # the band holding 1 kHz has the most energy
+    assert set(spec[2:-3].argmax(1)) <= {band - 1, band, band + 1}
+    # the first frame is pre-emphasised against 0, the next ones against the previous frame's last sample
+    from pipeline.features import ORIG_ALPHA
+
+    frame1 = x[160 : 160 + WIN].astype(float)
+    emph = frame1 - ORIG_ALPHA * np.concatenate([[x[WIN - 1]], frame1[:-1]])
+    power = np.abs(np.fft.rfft(emph * np.hamming(WIN), 1024)) ** 2
+    np.testing.assert_allclose(spec[1], np.log(np.clip(power @ fb, 1e-5, None)), rtol=1e-9)
+    norm = original_fbank(x + (np.random.default_rng(0).normal(0, 300, len(x))).astype(np.int16))
+    assert norm.dtype == np.float32
+    np.testing.assert_allclose(norm.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(norm.std(0), 1, atol=1e-3)
+    assert tile_frames(norm[:300], 1000).shape == (1000, 64) and tile_frames(norm, 10).shape == norm.shape

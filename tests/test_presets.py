@@ -169,3 +169,31 @@ def test_labels_are_stable_and_the_cae_index_finds_every_sample(media, tmp_path)
     assert set(index["splits"]["train"]) == {"mia", "abe"} and set(index["splits"]["val"]) == {"sam"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["leakage"]["pairs"] == 0 and summary["leakage"]["identities_checked"] == {"train": 2, "val": 1}
+    # labels within each split run 0..k-1 (in the order of the global labels), and a 1-identity split is warned of
+    by_split = json.loads((out / "split_labels.json").read_text())
+    assert by_split == {"train": {"mia": 0, "abe": 1}, "val": {"sam": 0}}
+    assert all(m["split_label"] == by_split[m["split"]][m["identity"]] for m in samples.values())
+    assert [w.split(":")[0] for w in summary["warnings"]] == ["split 'val' has 1 identities"]
+
+
+def test_utterance_mel_covers_the_clips_speech_with_the_original_features(media, tmp_path):
+    from pipeline.config import SpeechConfig
+    from pipeline.features import original_fbank
+    from pipeline.media import decode_audio
+    from pipeline.speech import voiced
+
+    s, samples = run(media.moving, tmp_path, "voice2face")
+    assert s.status == "ok" and len(samples) > 2
+    utts = [npy(x["utt.npy"]) for x in samples]
+    assert all(np.array_equal(u, utts[0]) for u in utts)  # one utterance per clip, carried by every window
+    speech = voiced(decode_audio(media.moving, 0.0, None), SpeechConfig())
+    np.testing.assert_array_equal(utts[0], original_fbank(speech))  # all the clip's speech, not one window
+    meta = json.loads(samples[0]["json"])["utterance"]
+    assert meta == {"features": "original", "frames": len(utts[0]), "speech_samples": len(speech),
+                    "speech_s": round(len(speech) / 16000, 3)}  # fmt: skip
+    assert len(utts[0]) > 3 * npy(samples[0]["mel.npy"]).shape[0]
+    _, ours = run(media.moving, tmp_path / "v", "voice2face", extras={"utterance_features": "voiceface"})
+    assert json.loads(ours[0]["json"])["utterance"]["features"] == "voiceface"
+    assert npy(ours[0]["utt.npy"]).shape == (1 + (len(speech) - 400) // 160, 64)
+    _, plain = run(media.moving, tmp_path / "p", None)
+    assert "utt.npy" not in plain[0] and "utterance" not in json.loads(plain[0]["json"])

@@ -17,7 +17,17 @@ from pipeline.config import Config
 from pipeline.review.queue import prepare_review
 from trainer import metrics as M
 from trainer.common import read_metrics
-from trainer.data import Decoder, eval_samples, label_map, loader, shard_urls, tar_samples, train_dataset
+from trainer.data import (
+    Decoder,
+    eval_samples,
+    label_map,
+    loader,
+    shard_urls,
+    split_label_map,
+    tar_samples,
+    train_dataset,
+    wav2pix_scale,
+)
 from trainer.eval import evaluate
 from trainer.wav2pix import train as w2p
 from trainer.wav2pix.model import Wav2Pix
@@ -126,7 +136,9 @@ def test_speech2face_tiny_config_loss_falls(s2f_run):
 def test_checkpoint_round_trip_and_resume(wav2pix_run, shards):
     model, ck = w2p.load_model(wav2pix_run / "checkpoint.pt")
     assert ck["step"] == STEPS and ck["model"] == "wav2pix" and ck["config"]["steps"] == STEPS
-    assert ck["labels"] == label_map(shards) and ck["model_args"]["n_classes"] == 3
+    # the classifier is sized to the train split's identities, labelled 0..k-1 within it
+    assert ck["labels"] == split_label_map(shards, "train") == {"eileen": 0, "grace": 1}
+    assert ck["model_args"]["n_classes"] == 2
     fresh = Wav2Pix(w2p.Wav2PixArgs(**ck["model_args"]))
     fresh.load_state_dict(torch.load(wav2pix_run / "checkpoint.pt", weights_only=False)["state"])
     fresh.eval()
@@ -205,3 +217,84 @@ def test_metrics_on_real_wav2pix_faces():
         names, centroids = M.identity_centroids(emb[rest], ids[rest])
         hits.append(M.identity_topk(emb[i : i + 1], ids[i : i + 1], names, centroids)[1])
     assert np.mean(hits) >= 0.9
+
+
+@pytest.fixture(scope="module")
+def utt_shards(media, tmp_path_factory) -> Path:
+    """The voice2face preset (utterances, 64 px faces, labels): two identities in train, two in val."""
+    from pipeline.config import load_config
+
+    out = tmp_path_factory.mktemp("v2f")
+    manifest = out / "manifest.csv"
+    manifest.write_text(
+        "id,source,identity,start,end,x,y,split\n"
+        f"astro,{media.moving},eileen,,,,,train\n"
+        f"hopper,{media.stereo48k},grace,,,,,train\n"
+        f"left,{media.two_faces},eileen_val,,,0.17,0.5,val\n"
+        f"right,{media.two_faces},grace_val,,,0.726,0.5,val\n"
+    )
+    plan = plan_build(manifest, out / "out", load_config(None, "voice2face"))
+    for c in plan.todo:
+        run_clip(c, plan.ctx)
+    finish_build(plan)
+    return out / "out"
+
+
+@pytest.mark.parametrize("model", ["voice2face", "cae"])
+def test_voice2face_and_cae_tiny_losses_fall_and_eval_prints_chance(model, utt_shards, tmp_path, capsys):
+    run = tmp_path / model
+    args = ["train", "--model", model, "--shards", str(utt_shards), "--run", str(run), "--config", "tiny"]
+    assert voiceface([*args, "--steps", "40"]) == 0
+    m = read_metrics(run / "metrics.csv")
+    assert m["step"] == list(range(1, 41))
+    for loss in ["e_id", "c_real"] + (["rec"] if model == "cae" else []):
+        first, last = _fall(m[loss])
+        assert last < 0.7 * first, (loss, first, last)
+    ck = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert ck["model"] == model and ck["labels"] == {"eileen": 0, "grace": 1}
+    capsys.readouterr()
+    result = evaluate(run, utt_shards)
+    printed = capsys.readouterr().out
+    assert result["identities"] == 2 and result["chance"]["identity_top1"] == 0.5
+    assert "identity_top1: " in printed and "(chance 0.5)" in printed and "paper" not in printed
+    assert 0 <= result["identity_top1"] <= 1 and result["landmark_detection_rate_real"] > 0.5
+
+
+def test_wav2pix_reads_its_augmentation_chunks_scaled_as_the_original():
+    from pipeline.speech import wav_bytes
+
+    rng = np.random.default_rng(0)
+    window = (rng.normal(0, 1000, 16384)).astype(np.int16)
+    aug = (rng.normal(0, 3000, (5, 16384))).astype(np.int16)
+    buf = __import__("io").BytesIO()
+    np.save(buf, aug)
+    sample = {"__key__": "k", "json": b'{"identity": "a"}', "wav": wav_bytes(window), "aug.npy": buf.getvalue()}
+    dec = Decoder({"a": 0}, ("w2p_wav",), wav_len=16384)
+    seen = set()
+    for _ in range(200):
+        w = dec(sample)["wav"]
+        matches = [i for i, x in enumerate([window, *aug]) if np.allclose(w, wav2pix_scale(x))]
+        assert len(matches) == 1
+        seen.add(matches[0])
+    assert seen == set(range(6))  # the window and each of its 5 chunks
+    x = np.array([0, 100, -200, 50], np.int16)
+    np.testing.assert_allclose(wav2pix_scale(x), [0, 0.5, -1 - 0.95 * 0.5, 0.25 + 0.95], rtol=1e-6)
+
+
+def test_speech2face_target_is_named_and_never_a_silent_fallback(s2f_run, shards, monkeypatch, capsys):
+    from trainer.speech2face.train import resolve_target
+
+    ck = torch.load(s2f_run / "checkpoint.pt", weights_only=False)
+    assert ck["target"] == "dlib" and ck["model_args"]["out_dim"] == 128
+    assert resolve_target(shards, "dlib") == ("dlib", 128)
+    with pytest.raises(SystemExit, match="vggface"):
+        resolve_target(shards, "vggface")
+    monkeypatch.setenv("VGGFACE_WEIGHTS", "/models/vgg_face_dag.pth")
+    with pytest.raises(SystemExit, match="no vggface.npy"):
+        resolve_target(shards, "auto")
+    monkeypatch.delenv("VGGFACE_WEIGHTS")
+    capsys.readouterr()
+    result = evaluate(s2f_run, shards)
+    printed = capsys.readouterr().out
+    assert result["face_target"] == "dlib" and result["seeds_reported"] == {}  # the paper's recall is fc7's
+    assert "recall_at_k" in printed and "chance" in printed and "paper" not in printed

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-MODELS = ("wav2pix", "speech2face")
+MODELS = ("wav2pix", "speech2face", "voice2face", "cae")
 COMMANDS = ("train", "eval")
 
 
 def add_commands(sub) -> None:
     t = sub.add_parser(
         "train",
-        help="train Wav2Pix or the Speech2Face voice encoder on a build's shards",
+        help="train Wav2Pix, the Speech2Face voice encoder, the voice2face GAN or the CAE on a build's shards",
         description="Train on SHARDS' train split into RUN (metrics.csv, samples/, checkpoint.pt). "
         "A RUN with a checkpoint resumes from it unless --fresh.",
     )
@@ -25,6 +25,7 @@ def add_commands(sub) -> None:
     t.add_argument("--workers", type=int, help="DataLoader workers (overrides the config)")
     t.add_argument("--device", help="cpu, cuda, cuda:1 (default: cuda when there is one)")
     t.add_argument("--fresh", action="store_true", help="ignore RUN/checkpoint.pt and start again")
+    t.add_argument("--target", choices=("auto", "vggface", "dlib"), help="speech2face: the face feature to predict")
     e = sub.add_parser(
         "eval",
         help="evaluate a run with the seeds' metrics (RUN/eval.json, RUN/eval.html)",
@@ -39,11 +40,9 @@ def add_commands(sub) -> None:
 
 
 def _module(name: str):
-    if name == "wav2pix":
-        from trainer.wav2pix import train as m
-    else:
-        from trainer.speech2face import train as m
-    return m
+    import importlib
+
+    return importlib.import_module(f"trainer.{name}.train")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         if args.config not in m.CONFIGS:
             raise SystemExit(f"error: --config must be one of {', '.join(m.CONFIGS)}")
         over = {"steps": args.steps, "batch_size": args.batch_size, "workers": args.workers, "device": args.device}
+        if args.target and args.model == "speech2face":
+            over["target"] = args.target
         cfg = dataclasses.replace(m.CONFIGS[args.config], **{k: v for k, v in over.items() if v is not None})
         last = m.train(args.shards, args.run, cfg, resume=not args.fresh)
         print(f"run: {args.run} (metrics.csv, samples/, checkpoint.pt); last: {last}")

@@ -23,10 +23,27 @@ from trainer import metrics as M
 from trainer.common import autocast, grid, load_checkpoint, pick_device, to_uint8
 from trainer.data import Decoder, collate, eval_samples
 
+# The papers' figures, each printed only beside a metric measured the same way (`comparable`).
 SEEDS = {
+    # Wav2Pix's landmark rate is the same measure (dlib's 68 landmarks on generated faces); its identity top-1 was
+    # measured on speakers seen in training, ours on held-out ones: not comparable.
     "wav2pix": {"landmark_detection_rate": 0.9025, "identity_top1": 0.5008},
-    "speech2face": {"recall_at_k": {"1": 0.51, "10": 0.66}},  # the reimplementation, 600 test faces
+    # a reimplementation's recall on 600 test faces, with the VGG-Face fc7 target only
+    "speech2face": {"recall_at_k": {"1": 0.51, "10": 0.66}},
+    "voice2face": {},
+    "cae": {},
 }
+
+
+def comparable(model: str, metric: str, result: dict) -> bool:
+    """Whether the paper's figure for `metric` was measured as ours is."""
+    if model == "wav2pix":
+        return metric == "landmark_detection_rate"
+    if model == "speech2face":
+        return metric == "recall_at_k" and result.get("face_target") == "vggface"
+    return False
+
+
 BATCH = 64
 
 
@@ -56,7 +73,7 @@ def _eval_wav2pix(ck, shards, split, limit, device):
     model = Wav2Pix(args).to(device)
     model.load_state_dict(ck["state"])
     model.eval()
-    dec = Decoder(ck["labels"], ("wav", "face", "dlib"), face_size=args.image_size, wav_len=args.wav_len)
+    dec = Decoder(ck["labels"], ("w2p_window", "face", "dlib"), face_size=args.image_size, wav_len=args.wav_len)
     real, fake, dl, ids = [], [], [], []
     with torch.no_grad():
         for b in _batches(eval_samples(shards, dec, split, limit), BATCH):
@@ -86,7 +103,8 @@ def _eval_speech2face(ck, shards, split, limit, device):
     model = VoiceEncoder(args).to(device)
     model.load_state_dict(ck["state"])
     model.eval()
-    dec = Decoder(ck["labels"], (args.feature, "feature", "face"), face_size=64)
+    target = ck.get("target") or ("vggface" if args.out_dim == 4096 else "dlib")
+    dec = Decoder(ck["labels"], (args.feature, "feature", "face"), face_size=64, target=target)
     pred, true, faces, ids = [], [], [], []
     with torch.no_grad():
         for b in _batches(eval_samples(shards, dec, split, limit), BATCH):
@@ -101,6 +119,7 @@ def _eval_speech2face(ck, shards, split, limit, device):
     top = M.identity_topk(pred / (np.linalg.norm(pred, axis=1, keepdims=True) + 1e-12), ids, names, centroids)
     recall = M.recall_at_k(pred, true, ks=(1, 5, 10))
     result = dict(
+        face_target=target,
         landmark_detection_rate=None,  # no face is generated
         identity_top1=top[1],
         identity_top5=top[5],
@@ -111,17 +130,90 @@ def _eval_speech2face(ck, shards, split, limit, device):
     return result, len(ids), len(names), rows
 
 
+def _eval_generator(ck, shards, split, limit, device):
+    """voice2face and CAE: faces generated from each val sample's utterance (CAE: with the face of another val
+    speaker as the proposal), scored as Wav2Pix's are."""
+    import random
+
+    if ck["model"] == "voice2face":
+        from trainer.voice2face.train import load_model
+    else:
+        from trainer.cae.train import load_model
+    model, _ = load_model(None, device, ck=ck)
+    frames = ck["config"]["nframe_range"][1]
+    dec = Decoder(ck["labels"], ("utt", "face", "dlib"), face_size=64, utt_frames=frames)
+    random.seed(0)  # the utterance crops
+    real, fake, dl, ids = [], [], [], []
+    with torch.no_grad():
+        for b in _batches(eval_samples(shards, dec, split, limit), BATCH):
+            with autocast(device):
+                if ck["model"] == "voice2face":
+                    out = model(b["utt"].to(device))
+                else:
+                    from trainer.cae.train import proposals
+
+                    names = sorted(set(b["identity"]))
+                    pick, _ = proposals(torch.tensor([names.index(i) for i in b["identity"]]))
+                    face = b["face"].to(device).float() / 127.5 - 1
+                    out = model(face[pick.to(device)], b["utt"].to(device))
+            fake.append(to_uint8(out))
+            real.append(b["face"].permute(0, 2, 3, 1).numpy())
+            dl.append(b["dlib"].numpy())
+            ids += b["identity"]
+    real, fake, dl = np.concatenate(real), np.concatenate(fake), np.concatenate(dl)
+    names, centroids = M.identity_centroids(dl, ids)
+    top = M.identity_topk(M.embed_faces(fake), ids, names, centroids)
+    result = dict(
+        landmark_detection_rate=M.landmark_detection_rate(fake),
+        landmark_detection_rate_real=M.landmark_detection_rate(real),
+        identity_top1=top[1],
+        identity_top5=top[5],
+    )
+    rows = [(real[:16], "real"), (fake[:16], "generated from the voice")]
+    return result, len(ids), len(names), rows
+
+
+def chance_levels(result: dict, n_ids: int, n: int) -> dict:
+    """Each metric's chance level: top-k of n identities guessed at random is min(k, n)/n; recall@K among n faces
+    is K/n; the landmark rate of noise is 0 (measured: noise images score 0)."""
+    out = {}
+    if result.get("landmark_detection_rate") is not None:
+        out["landmark_detection_rate"] = 0.0
+    for k in (1, 5):
+        if f"identity_top{k}" in result and n_ids:
+            out[f"identity_top{k}"] = min(k, n_ids) / n_ids
+    if "recall_at_k" in result and n:
+        out["recall_at_k"] = {k: min(int(k), n) / n for k in result["recall_at_k"]}
+    return out
+
+
+def report_lines(result: dict) -> list[str]:
+    """One line per metric: value, chance level, and the paper's figure only where it was measured the same way."""
+    lines = []
+    for name, chance in result["chance"].items():
+        value = result[name]
+        paper = result["seeds_reported"].get(name) if comparable(result["model"], name, result) else None
+        line = f"{name}: {json.dumps(value)} (chance {json.dumps(chance)})"
+        lines.append(line + (f"; paper: {json.dumps(paper)}" if paper is not None else ""))
+    return lines
+
+
 def evaluate(run, shards, split: str = "val", limit: int | None = 2000, device: str = "auto") -> dict:
     """Write RUN/eval.json and RUN/eval.html; return the metrics."""
     run = Path(run)
     device = pick_device(device)
     ck = load_checkpoint(run / "checkpoint.pt", device)
-    fn = _eval_wav2pix if ck["model"] == "wav2pix" else _eval_speech2face
+    fn = {"wav2pix": _eval_wav2pix, "speech2face": _eval_speech2face}.get(ck["model"], _eval_generator)
     result, n, n_ids, rows = fn(ck, shards, split, limit, device)
     result = dict(
         model=ck["model"], step=ck["step"], split=split, samples=n, identities=n_ids,
-        chance_top1=1 / n_ids if n_ids else None, **result, seeds_reported=SEEDS[ck["model"]],
+        chance_top1=1 / n_ids if n_ids else None, **result, chance=chance_levels(result, n_ids, n),
     )  # fmt: skip
+    result["seeds_reported"] = {k: v for k, v in SEEDS[ck["model"]].items() if comparable(ck["model"], k, result)}
+    if n_ids < 2:
+        print(f"warning: the {split} split has {n_ids} identities: identity metrics are at chance 1.0")
+    for line in report_lines(result):
+        print(line)
     (run / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
     figures = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>" for k, v in result.items()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from .photos import biden, blend, obama
 from .synth import Placement, astronaut, grace_hopper, no_face, silence_wav, speaking_head, speech_wav, talking_head
 
 W, H = 854, 480
@@ -23,6 +24,7 @@ def make_demo_media(media_dir: Path) -> list[Path]:
             return voices[name]
 
         a, g = astronaut(), grace_hopper()
+        o, b = obama(), biden()
         # (placements, seconds, audio, audio rate, channels, the placement whose mouth moves with the speech)
         specs = {
             # one speaker moving slowly across the frame
@@ -32,6 +34,13 @@ def make_demo_media(media_dir: Path) -> list[Path]:
             # two faces on screen: the manifest's x,y hint picks the speaker on the right; the other one listens
             "two-faces": lambda: (
                 [Placement(a, 130, 210, 240), Placement(g, 140, 620, 240)], 11, voice("en-us+f4"), 44100, 2, 1),
+            # more people to learn, each with an espeak-ng voice of its own; the blends are held out (val)
+            "obama-talk": lambda: ([Placement(o, 150, 420, 230)], 10, voice("en-us+m1"), 44100, 2, 0),
+            "biden-talk": lambda: ([Placement(b, 150, 440, 240)], 10, voice("en-gb+m4"), 44100, 1, 0),
+            "blend-ch-talk": lambda: (
+                [Placement(blend(a, g, "blend_ch"), 150, 420, 240)], 10, voice("en+f2"), 44100, 2, 0),
+            "blend-ob-talk": lambda: (
+                [Placement(blend(o, b, "blend_ob"), 150, 430, 240)], 10, voice("en-us+m7"), 44100, 2, 0),
             # rejected: speech, but no face anywhere
             "coffee-talk": lambda: ([Placement(no_face(), 400, W / 2, H / 2)], 6, voice("en-us+m3"), 44100, 2, None),
             # rejected: a face, but silence

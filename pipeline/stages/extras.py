@@ -1,9 +1,10 @@
 """Extras stage: a face hit → its WebDataset sample: the window's WAV, the face crop JPEG, the json of
 everything measured, and the members the config asks for (smaller faces, Wav2Pix's augmented windows,
-Speech2Face's STFT, the log-mel, the dlib embedding)."""
+Speech2Face's STFT, the log-mel, the clip's utterance mel, the dlib embedding)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 
@@ -15,6 +16,7 @@ from ..config import SAMPLE_RATE, Config
 from ..features import log_mel, speech2face_stft
 from ..records import ClipAudio, ClipMedia, FaceHit, Sample, samples_to_seconds, window_key
 from ..speech import voiced, wav_bytes
+from ..utterance import Utterance, utterance_of
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
@@ -44,6 +46,11 @@ class SampleMaker:
 
     def __init__(self, media: ClipMedia, audio: ClipAudio, split: str, cfg: Config):
         self.media, self.audio, self.split, self.cfg = media, audio, split, cfg
+
+    @functools.cached_property
+    def utterance(self) -> Utterance | None:
+        """voice2face / CAE: the clip's utterance (all its speech, its own audio before any tiling), made once."""
+        return utterance_of(self.audio.original, self.cfg) if self.cfg.extras.utterance else None
 
     def __call__(self, hit: FaceHit) -> Sample:
         cfg, clip, win, face = self.cfg, self.media.clip, hit.window, hit.face
@@ -98,6 +105,9 @@ class SampleMaker:
             speech = speech if len(speech) >= 400 else chunk  # too little VAD speech: the whole window
             members["mel.npy"] = npy_bytes(log_mel(speech))
             meta["mel_samples"] = len(speech)
+        if (utt := self.utterance) is not None:  # every window carries it: no decision on one loses it
+            members["utt.npy"] = npy_bytes(utt.mel)
+            meta["utterance"] = utt.to_meta()
         if face.embedding is not None:
             members["dlib.npy"] = npy_bytes(face.embedding.astype(np.float32))
         return Sample(key, meta, members)

@@ -30,7 +30,7 @@ from trainer.common import (
     save_checkpoint,
     save_png,
 )
-from trainer.data import Decoder, label_map, loader, shard_urls, train_dataset
+from trainer.data import Decoder, loader, shard_urls, split_label_map, train_dataset
 from trainer.speech2face.model import VoiceEncoder, VoiceEncoderArgs, normalized_l2
 
 
@@ -49,6 +49,8 @@ class TrainConfig:
     seed: int = 1337
     device: str = "auto"  # cuda when there is one; bf16 autocast there
     threads: int = 0  # torch CPU threads (0: torch's default)
+    target: str = "auto"  # the face feature to predict: vggface (fc7, 4096-D, the paper's), dlib (128-D), or auto:
+    # vggface when the shards carry vggface.npy; an error when $VGGFACE_WEIGHTS is set and they do not
     model: VoiceEncoderArgs = field(default_factory=VoiceEncoderArgs)
 
 
@@ -76,14 +78,30 @@ def config_from_dict(d: dict) -> TrainConfig:
     return dataclass_from_dict(TrainConfig, d)
 
 
-def target_dim(shards) -> int:
-    """The face feature's size in the train shards: 4096 (vggface.npy) or 128 (dlib.npy)."""
+def resolve_target(shards, wanted: str = "auto") -> tuple[str, int]:
+    """(target name, its size): vggface (4096) or dlib (128), as the train shards allow. Never a silent fallback:
+    asking for vggface, or having $VGGFACE_WEIGHTS set, without vggface.npy in the shards is an error."""
+    import os
+
     import webdataset as wds
 
+    from pipeline.config import VGGFACE_WEIGHTS_ENV
     from trainer.data import face_feature
 
+    if wanted not in ("auto", "vggface", "dlib"):
+        raise ValueError(f"target must be auto, vggface or dlib, not {wanted!r}")
     s = next(iter(wds.WebDataset(shard_urls(shards, "train")[:1], shardshuffle=False, empty_check=False)))
-    return int(face_feature(s).shape[0])
+    has_vgg = "vggface.npy" in s
+    if wanted == "vggface" or (wanted == "auto" and os.environ.get(VGGFACE_WEIGHTS_ENV)):
+        if not has_vgg:
+            raise SystemExit(
+                "error: the Speech2Face target is VGG-Face fc7 (vggface), but the shards have no vggface.npy: "
+                f"add it with `voiceface vggface OUT --weights ${VGGFACE_WEIGHTS_ENV}`, or train with --target dlib"
+            )
+    target = "vggface" if (wanted == "vggface" or (wanted == "auto" and has_vgg)) else "dlib"
+    if target == "dlib":
+        print("face target: dlib (128-D dlib embedding, not the paper's VGG-Face fc7)")
+    return target, int(face_feature(s, target).shape[0])
 
 
 def train(shards, run, cfg: TrainConfig = CONFIGS["default"], resume: bool = True) -> dict:
@@ -100,9 +118,11 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
     ck = load_checkpoint(ckpt_path) if resume and ckpt_path.exists() else None
     if ck is not None:
         labels, args, start = ck["labels"], VoiceEncoderArgs(**ck["model_args"]), ck["step"]
+        face_target = ck.get("target") or ("vggface" if args.out_dim == 4096 else "dlib")
     else:
-        labels, start = label_map(shards), 0
-        args = dataclasses.replace(cfg.model, out_dim=target_dim(shards))
+        labels, start = split_label_map(shards, "train"), 0
+        face_target, dim = resolve_target(shards, cfg.target)
+        args = dataclasses.replace(cfg.model, out_dim=dim)
     torch.manual_seed(cfg.seed + start)
     model = VoiceEncoder(args).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
@@ -113,7 +133,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
         sched.load_state_dict(ck["sched"])
         print(f"resuming {ckpt_path} at step {start}")
 
-    decoder = Decoder(labels, (args.feature, "feature", "face"), face_size=64)
+    decoder = Decoder(labels, (args.feature, "feature", "face"), face_size=64, target=face_target)
     seed = cfg.seed + start  # a resumed run draws new samples rather than replaying the first ones
     data = batches(
         loader(
@@ -124,6 +144,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
     )
     log = CsvLog(run / "metrics.csv", LOSSES)
     t0, last = time.time(), {}
+    print(f"face target: {face_target} ({args.out_dim}-D)")
     model.train()
     for step in range(start, cfg.steps):
         b = next(data)
@@ -162,6 +183,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
                 opt=opt.state_dict(),
                 sched=sched.state_dict(),
                 labels=labels,
+                target=face_target,
             )
             save_checkpoint(ckpt_path, buf)
     log.close()

@@ -30,7 +30,7 @@ from trainer.common import (
     save_png,
     to_uint8,
 )
-from trainer.data import Decoder, label_map, loader, train_dataset
+from trainer.data import Decoder, loader, split_label_map, train_dataset
 from trainer.wav2pix.model import Wav2Pix, Wav2PixArgs
 
 
@@ -97,7 +97,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
     if ck is not None:
         labels, args, start = ck["labels"], Wav2PixArgs(**ck["model_args"]), ck["step"]
     else:
-        labels, start = label_map(shards), 0
+        labels, start = split_label_map(shards, "train"), 0
         args = dataclasses.replace(cfg.model, n_classes=max(len(labels), 1))
     torch.manual_seed(cfg.seed + start)
     model = Wav2Pix(args).to(device)
@@ -110,7 +110,8 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
         opt_d.load_state_dict(ck["opt_d"])
         print(f"resuming {ckpt_path} at step {start}")
 
-    decoder = Decoder(labels, ("wav", "face", "label"), face_size=args.image_size, wav_len=args.wav_len)
+    # the window or one of its 5 augmentation chunks (aug.npy), scaled as the original code does
+    decoder = Decoder(labels, ("w2p_wav", "face", "label"), face_size=args.image_size, wav_len=args.wav_len)
     seed = cfg.seed + start  # a resumed run draws new samples rather than replaying the first ones
     data = batches(
         loader(

@@ -41,6 +41,11 @@ def add_commands(sub) -> None:
     selection(q)
     q.add_argument("--reviewer", default="anonymous", help="recorded as who queued the clips/identities")
     q.add_argument(
+        "--repair",
+        action="store_true",
+        help="recompute every window's queue reasons (not only those of changed clips) and say how many changed",
+    )
+    q.add_argument(
         "--reason",
         action="append",
         default=[],
@@ -90,7 +95,9 @@ def run(args: argparse.Namespace) -> int:
         from pipeline.review.queue import queue_out
 
         try:
-            stats = queue_out(out, cfg.review, args.clip, args.identity, args.reviewer, _path(args.mirror))
+            stats = queue_out(
+                out, cfg.review, args.clip, args.identity, args.reviewer, _path(args.mirror), repair=args.repair
+            )
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
@@ -106,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
         p = stats["progress"]
         requested = f" ({stats['requested']} of them asked for)" if "requested" in stats else ""
         auto = {k: v for k, v in stats["reasons"].items() if k != "requested"}
+        if args.repair:
+            print(f"repair: {stats['changed']} windows' queue entries were out of date and are now right")
         print(f"{stats['windows']} windows indexed; {p['queued']} queued{requested}, {p['reviewed']} reviewed, "
               f"{p['remaining']} remaining; automatic reasons: {json.dumps(auto)}")  # fmt: skip
         return 0

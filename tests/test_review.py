@@ -681,3 +681,30 @@ def test_rescue_in_chromium(strict, tmp_path):
         browser.close()
     assert cli(["publish", str(out), "--config", str(config)]) == 0
     assert shard_keys(out) == [key]
+
+
+def test_a_crash_while_the_queue_fills_leaves_it_as_it_was_and_repair_finds_nothing_wrong(built, tmp_path, monkeypatch):
+    from pipeline.review.db import ReviewDB
+
+    out = tmp_path / "out"
+    shutil.copytree(built, out)
+    clean = open_db(out).outcome_sets()[2]
+    assert clean  # the build queued borderline windows
+    db_path(out).unlink()
+    for extra in db_path(out).parent.glob("review.db-*"):
+        extra.unlink()
+
+    def crash(self, rows, conn=None):
+        raise KeyboardInterrupt  # killed between indexing the clips and queuing their windows
+
+    monkeypatch.setattr(ReviewDB, "update_items", crash)
+    with pytest.raises(KeyboardInterrupt):
+        queue_out(out, ReviewConfig())
+    db = open_db(out)
+    assert db.clips() == {} and db.scan_items() == []  # all or nothing: no clip indexed without its reasons
+    monkeypatch.undo()
+    queue_out(out, ReviewConfig())
+    assert open_db(out).outcome_sets()[2] == clean
+    assert queue_out(out, ReviewConfig(), repair=True)["changed"] == 0
+    publish(out)
+    assert not set(shard_keys(out)) & clean  # nothing queued and undecided ships

@@ -184,6 +184,18 @@ class ReviewDB:
             conn.execute("COMMIT")
 
     @contextmanager
+    def _using(self, conn: sqlite3.Connection | None, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """The caller's connection (its transaction), or a new one: a write transaction, or a plain reader."""
+        if conn is not None:
+            yield conn
+        elif write:
+            with self.write() as conn:
+                yield conn
+        else:
+            with closing(self.connect()) as conn:
+                yield conn
+
+    @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A read transaction: one consistent snapshot for several queries."""
         with closing(self.connect()) as conn:
@@ -204,8 +216,8 @@ class ReviewDB:
             row = conn.execute("SELECT v FROM meta WHERE k = ?", (k,)).fetchone()
         return row[0] if row else None
 
-    def set_meta(self, k: str, v: str | None) -> None:
-        with self.write() as conn:
+    def set_meta(self, k: str, v: str | None, conn: sqlite3.Connection | None = None) -> None:
+        with self._using(conn) as conn:
             if v is None:
                 conn.execute("DELETE FROM meta WHERE k = ?", (k,))
             else:
@@ -213,8 +225,8 @@ class ReviewDB:
 
     # --- the index, filled from clip tars ---------------------------------------------------------------
 
-    def clips(self) -> dict[str, ClipRow]:
-        with closing(self.connect()) as conn:
+    def clips(self, conn: sqlite3.Connection | None = None) -> dict[str, ClipRow]:
+        with self._using(conn, write=False) as conn:
             return {r["clip_id"]: ClipRow(**dict(r)) for r in conn.execute("SELECT * FROM clips")}
 
     def clip(self, clip_id: str) -> ClipRow | None:
@@ -227,9 +239,11 @@ class ReviewDB:
         keep: Iterable[ClipRow],
         rescanned: Iterable[tuple[ClipRow, list[ItemRow], dict[str, bytes]]],
         removed: Iterable[str],
+        conn: sqlite3.Connection | None = None,
     ) -> None:
-        """Record clip rows, replace the items of rescanned clips (requested flags stay), drop removed clips."""
-        with self.write() as conn:
+        """Record clip rows, replace the items of rescanned clips (requested flags stay), drop removed clips.
+        Inside the caller's transaction when given its connection."""
+        with self._using(conn) as conn:
             for c in keep:
                 self._put_clip(conn, c)
                 conn.execute(
@@ -274,26 +288,26 @@ class ReviewDB:
             (c.clip_id, c.seq, c.identity, c.split, c.source, c.source_path, c.tar, c.tar_size, c.tar_mtime_ns),
         )
 
-    def embeddings_of(self, identity: str) -> list[tuple[str, bytes]]:
-        with closing(self.connect()) as conn:
+    def embeddings_of(self, identity: str, conn: sqlite3.Connection | None = None) -> list[tuple[str, bytes]]:
+        with self._using(conn, write=False) as conn:
             return conn.execute(
                 "SELECT e.key, e.vec FROM items i JOIN embeddings e ON e.key = i.key WHERE i.identity = ? "
                 "ORDER BY i.seq",
                 (identity,),
             ).fetchall()
 
-    def scan_items(self) -> list[sqlite3.Row]:
+    def scan_items(self, conn: sqlite3.Connection | None = None) -> list[sqlite3.Row]:
         """Every item's key, identity, metrics, flags and whether it has any history (for the queue checks)."""
-        with closing(self.connect()) as conn:
+        with self._using(conn, write=False) as conn:
             return conn.execute(
                 "SELECT i.key, i.identity, i.metrics, i.reasons, i.queued, i.requested, "
                 "EXISTS (SELECT 1 FROM decisions d WHERE d.key = i.key) AS decided FROM items i "
                 "WHERE i.key NOT IN (SELECT key FROM rescue)"
             ).fetchall()
 
-    def update_items(self, rows: Iterable[tuple[str, str, int, str]]) -> None:
+    def update_items(self, rows: Iterable[tuple[str, str, int, str]], conn: sqlite3.Connection | None = None) -> None:
         """(metrics json, reasons json, queued, key) rows."""
-        with self.write() as conn:
+        with self._using(conn) as conn:
             conn.executemany("UPDATE items SET metrics = ?, reasons = ?, queued = ? WHERE key = ?", list(rows))
 
     def keys_of(self, conn: sqlite3.Connection, clip: str | None = None, identity: str | None = None) -> list[str]:

@@ -133,73 +133,83 @@ def scan_clip(clip: QueueClip) -> tuple[list[ItemRow], dict[str, bytes]]:
     return items, vecs
 
 
-def fill_queue(out: Path, clips: list[QueueClip], cfg: ReviewConfig) -> dict:
-    """Index the ok clips (rescanning only tars that changed) and queue the borderline windows.
+def fill_queue(out: Path, clips: list[QueueClip], cfg: ReviewConfig, repair: bool = False) -> dict:
+    """Index the ok clips (rescanning only tars that changed) and queue the borderline windows, in one
+    transaction: a crash part-way leaves the queue as it was, never half-filled.
 
     `clips` is every ok clip of the build, in manifest order; clips no longer in it leave the index (their
-    decisions stay in the history). Windows a reviewer queued or decided stay queued. Returns counts.
+    decisions stay in the history). Windows a reviewer queued or decided stay queued. With `repair`, every
+    identity's distances and every window's reasons are recomputed, not only those of changed clips, so a
+    queue left wrong by an older version or an outside change is put right. Returns counts (`changed`: windows
+    whose metrics, reasons or queued flag were updated).
     """
     out = Path(out)
     db = open_db(out)
-    known = db.clips()
-    keep, rescanned, touched = [], [], set()
-    for seq, c in enumerate(clips):
+    rows = []
+    for seq, c in enumerate(clips):  # the tars are read before the transaction: it stays short
         st = c.tar.stat()
-        row = ClipRow(
-            clip_id=c.clip_id,
-            seq=seq,
-            identity=c.identity,
-            split=c.split,
-            source=c.source,
+        rows.append((c, ClipRow(
+            clip_id=c.clip_id, seq=seq, identity=c.identity, split=c.split, source=c.source,
             source_path=str(c.source_path.resolve()) if c.source_path else None,
-            tar=os.path.relpath(c.tar.resolve(), out.resolve()),
-            tar_size=st.st_size,
-            tar_mtime_ns=st.st_mtime_ns,
-        )
-        old = known.get(c.clip_id)
-        if old is not None and (old.tar_size, old.tar_mtime_ns) == (row.tar_size, row.tar_mtime_ns):
-            keep.append(row)
-            if old.identity != row.identity:
-                touched |= {old.identity, row.identity}
-        else:
-            items, vecs = scan_clip(c)
+            tar=os.path.relpath(c.tar.resolve(), out.resolve()), tar_size=st.st_size, tar_mtime_ns=st.st_mtime_ns,
+        )))  # fmt: skip
+    known = db.clips()
+    scans = {c.clip_id: scan_clip(c) for c, row in rows if _changed(known.get(c.clip_id), row)}
+    with db.write() as conn:
+        known = db.clips(conn)  # again, inside the transaction: another writer may have filled it meanwhile
+        keep, rescanned, touched = [], [], set()
+        for c, row in rows:
+            old = known.get(c.clip_id)
+            if not _changed(old, row):
+                keep.append(row)
+                if old.identity != row.identity:  # type: ignore[union-attr]
+                    touched |= {old.identity, row.identity}  # type: ignore[union-attr]
+                continue
+            items, vecs = scans[c.clip_id] if c.clip_id in scans else scan_clip(c)
             rescanned.append((row, items, vecs))
             touched.add(row.identity)
             if old is not None:
                 touched.add(old.identity)
-    current = {c.clip_id for c in clips}
-    removed = [k for k in known if k not in current]
-    touched |= {known[k].identity for k in removed}
-    db.sync_clips(keep, rescanned, removed)
+        current = {c.clip_id for c in clips}
+        removed = [k for k in known if k not in current]
+        touched |= {known[k].identity for k in removed}
+        db.sync_clips(keep, rescanned, removed, conn)
+        if repair:
+            touched |= {r["identity"] for r in db.scan_items(conn)}
 
-    distances: dict[str, float | None] = {}
-    for identity in touched:
-        rows = db.embeddings_of(identity)
-        if len(rows) >= cfg.min_identity_windows:
-            d = medoid_distances(np.stack([np.frombuffer(v, dtype=np.float32) for _, v in rows]))
-            distances.update({k: round(float(x), 4) for (k, _), x in zip(rows, d, strict=True)})
-        else:
-            distances.update({k: None for k, _ in rows})
-
-    updates, counts = [], Counter()
-    for r in db.scan_items():
-        metrics = json.loads(r["metrics"])
-        if r["key"] in distances:
-            if distances[r["key"]] is None:
-                metrics.pop("identity_distance", None)
+        distances: dict[str, float | None] = {}
+        for identity in touched:
+            vecs = db.embeddings_of(identity, conn)
+            if len(vecs) >= cfg.min_identity_windows:
+                d = medoid_distances(np.stack([np.frombuffer(v, dtype=np.float32) for _, v in vecs]))
+                distances.update({k: round(float(x), 4) for (k, _), x in zip(vecs, d, strict=True)})
             else:
-                metrics["identity_distance"] = distances[r["key"]]
-        reasons = queue_reasons(metrics, cfg) + ([str(QueueReason.REQUESTED)] if r["requested"] else [])
-        queued = int(bool(reasons) or bool(r["decided"]))
-        counts.update(reasons)
-        counts["queued"] += queued
-        counts["windows"] += 1
-        new = (json.dumps(metrics), json.dumps(reasons), queued)
-        if new != (r["metrics"], r["reasons"], r["queued"]):
-            updates.append((*new, r["key"]))
-    db.update_items(updates)
-    db.set_meta("filled_at", now())
-    return {"windows": counts.pop("windows", 0), "queued": counts.pop("queued", 0), "reasons": dict(counts)}
+                distances.update({k: None for k, _ in vecs})
+
+        updates, counts = [], Counter()
+        for r in db.scan_items(conn):
+            metrics = json.loads(r["metrics"])
+            if r["key"] in distances:
+                if distances[r["key"]] is None:
+                    metrics.pop("identity_distance", None)
+                else:
+                    metrics["identity_distance"] = distances[r["key"]]
+            reasons = queue_reasons(metrics, cfg) + ([str(QueueReason.REQUESTED)] if r["requested"] else [])
+            queued = int(bool(reasons) or bool(r["decided"]))
+            counts.update(reasons)
+            counts["queued"] += queued
+            counts["windows"] += 1
+            new = (json.dumps(metrics), json.dumps(reasons), queued)
+            if new != (r["metrics"], r["reasons"], r["queued"]):
+                updates.append((*new, r["key"]))
+        db.update_items(updates, conn)
+        db.set_meta("filled_at", now(), conn)
+    windows, queued = counts.pop("windows", 0), counts.pop("queued", 0)
+    return {"windows": windows, "queued": queued, "reasons": dict(counts), "changed": len(updates)}
+
+
+def _changed(old: ClipRow | None, row: ClipRow) -> bool:
+    return old is None or (old.tar_size, old.tar_mtime_ns) != (row.tar_size, row.tar_mtime_ns)
 
 
 def build_clips(out: Path, clips: list[tuple[Clip, ClipStatus]], mirror: Path | None, base_dir: Path | None):
@@ -384,20 +394,22 @@ def queue_out(
     identities: list[str] | None = None,
     reviewer: str = "anonymous",
     mirror: Path | None = None,
+    repair: bool = False,
 ) -> dict:
     """Fill OUT's queue from its build (no manifest needed), then queue every window of the given clips and
-    identities. Unknown ones raise ValueError. Returns the fill's counts and the queue's progress."""
+    identities. Unknown ones raise ValueError. `repair` recomputes every window's reasons (see fill_queue).
+    Returns the fill's counts and the queue's progress."""
     with out_lock(out, "voiceface queue"):
-        return _queue_out(Path(out), cfg, clips, identities, reviewer, mirror)
+        return _queue_out(Path(out), cfg, clips, identities, reviewer, mirror, repair)
 
 
-def _queue_out(out, cfg, clips, identities, reviewer, mirror) -> dict:
+def _queue_out(out, cfg, clips, identities, reviewer, mirror, repair=False) -> dict:
     _, ok = clips_in_out(Path(out), mirror)
     unknown = [c for c in clips or [] if c not in {q.clip_id for q in ok}]
     unknown += [i for i in identities or [] if i not in {q.identity for q in ok}]
     if unknown:
         raise ValueError(f"no ok clip or identity in {out} named {', '.join(map(repr, unknown))}")
-    stats = fill_queue(Path(out), ok, cfg)
+    stats = fill_queue(Path(out), ok, cfg, repair=repair)
     db = open_db(Path(out))
     if clips or identities:
         stats["requested"] = len(db.request(reviewer, clips or [], identities or []))

@@ -21,23 +21,25 @@ from typing import Protocol
 
 from . import PIPELINE_VERSION
 from .clip import BuildContext, cached_status, read_status, split_of
+from .commit import commit, recover, stage_bytes, stage_path
 from .config import Config
 from .enrich import sidecar_path
 from .labels import (
     CAE_INDEX_FILE,
     LABELS_FILE,
+    SPLIT_LABELS_FILE,
     CaeIndex,
     few_identity_splits,
     split_labels,
+    split_labels_bytes,
     update_labels,
-    write_split_labels,
 )
 from .manifest import Manifest, read_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
 from .report import RunReport
 from .shards import SHARD_DIR, clean_interrupted, pack_shards
-from .tars import atomic_write_bytes, read_samples
+from .tars import read_samples
 
 DEFAULT_OPTOUT = Path(__file__).resolve().parents[1] / "manifests" / "optout.txt"
 
@@ -182,17 +184,18 @@ def write_outputs(
     if ctx.cfg.extras.labels or (ctx.out / LABELS_FILE).exists():
         labels = update_labels(ctx.out, (s.identity for s in ok if s.identity is not None))
         by_split = split_labels(labels, ((s.identity, s.split) for s in ok if s.identity is not None))
-        write_split_labels(ctx.out, by_split)
     warnings = few_identity_splits(
         by_split or split_labels({i: 0 for i in {s.identity for s in ok}}, ((s.identity, s.split) for s in ok))
     )
     for w in warnings:
         print(f"warning: {w}", flush=True)
     del ok
-    counts = _pack_unless_unchanged(ctx, packed, report, gate, labels, by_split)
+    recover(ctx.out)  # outputs a killed run left staged: its commit finished, or its staging dropped
+    if by_split is not None:
+        stage_bytes(ctx.out, SPLIT_LABELS_FILE, split_labels_bytes(by_split))
+    counts, new_shards = _pack_unless_unchanged(ctx, packed, report, gate, labels, by_split)
     by_status: Counter[str] = Counter()
-    partial = ctx.out / "clips.jsonl.partial"
-    with open(partial, "w") as f:
+    with open(stage_path(ctx.out, "clips.jsonl"), "w") as f:
         for status, ran in rows():
             if gate is not None and ran:
                 gate.annotate([status])  # windows_written = what the shards hold after review
@@ -201,13 +204,13 @@ def write_outputs(
             if ran and report.wants_window_examples(status):
                 add_rejected_examples(ctx, status.id, report)
             by_status[status.status] += 1
-    os.replace(partial, ctx.out / "clips.jsonl")
     summary = summarise(ctx, report, by_status, counts, run, started)
     if gate is not None:
         summary["review"] = gate.totals()
     summary["warnings"] = warnings
-    atomic_write_bytes(ctx.out / "summary.json", json.dumps(summary, indent=2).encode())
-    atomic_write_bytes(ctx.out / "report.html", report.html(summary).encode())
+    stage_bytes(ctx.out, "summary.json", json.dumps(summary, indent=2).encode())
+    stage_bytes(ctx.out, "report.html", report.html(summary).encode())
+    commit(ctx.out, shards=new_shards)  # shards, clips.jsonl, summary, report and indexes change together
     summary["report_markdown"] = report.markdown(summary)
     return summary
 
@@ -230,10 +233,11 @@ def _pack_unless_unchanged(
     gate: KeepGate | None,
     labels: dict[str, int] | None = None,
     by_split: dict[str, dict[str, int]] | None = None,
-) -> dict:
+) -> tuple[dict, bool]:
     """Pack the shards, unless the inputs of the last packing (the same clip tars, splits, shard settings and
     review decisions) are unchanged and its shards are still in place: then they already are what packing
-    would write. What packing observed (report data, review outcomes) is kept with the record."""
+    would write. What packing observed (report data, review outcomes) is kept with the record. Returns (counts,
+    whether new shards were staged in OUT/shards.partial); everything written is staged for the commit."""
     digest = hashlib.sha1(repr((PIPELINE_VERSION, dataclasses.asdict(ctx.cfg.shards))).encode())
     for tar, split in packed:
         for path in (tar, sidecar_path(tar)):  # a new sidecar (features) changes the shards too
@@ -255,7 +259,7 @@ def _pack_unless_unchanged(
             report.restore_sample_state(last["report"])
             if gate is not None:
                 gate.outcomes = {k: Counter(v) for k, v in last["review_outcomes"].items()}
-            return last["counts"]
+            return last["counts"], False
 
     def observe(meta: dict, sample: dict) -> None:
         report.add_sample(meta, sample["jpg"])
@@ -276,14 +280,15 @@ def _pack_unless_unchanged(
         annotate=annotate if labels else None,
         placed=placed,
         extra=extra,
+        swap=False,
     )
     if cae is not None:
-        cae.write(ctx.out)
+        stage_bytes(ctx.out, CAE_INDEX_FILE, cae.to_bytes())
     report.check_leakage(ctx.cfg.filters.leakage_distance)
     state = {"fingerprint": digest.hexdigest(), "counts": counts, "report": report.sample_state()}
     state["review_outcomes"] = gate.outcomes if gate is not None else {}
-    atomic_write_bytes(record, json.dumps(state).encode())
-    return counts
+    stage_bytes(ctx.out, os.path.relpath(record, ctx.out), json.dumps(state).encode())
+    return counts, True
 
 
 def _public_row(s: ClipStatus) -> dict:

@@ -50,11 +50,9 @@ def split_labels(labels: dict[str, int], identity_splits: Iterable[tuple[str, st
     }
 
 
-def write_split_labels(out: Path, by_split: dict[str, dict[str, int]]) -> None:
-    path = Path(out) / SPLIT_LABELS_FILE
-    data = json.dumps(by_split, indent=1, sort_keys=True).encode()
-    if not path.exists() or path.read_bytes() != data:
-        atomic_write_bytes(path, data)
+def split_labels_bytes(by_split: dict[str, dict[str, int]]) -> bytes:
+    """OUT/split_labels.json's content (written with the shards it describes, pipeline/commit.py)."""
+    return json.dumps(by_split, indent=1, sort_keys=True).encode()
 
 
 def few_identity_splits(by_split: dict[str, dict[str, int]]) -> list[str]:
@@ -80,6 +78,6 @@ class CaeIndex:
         )
         entry["samples"].append([shard, f"{meta['clip_id']}-{meta['window_index']:05d}"])
 
-    def write(self, out: Path) -> None:
-        data = {"format": 1, "splits": self.splits}
-        atomic_write_bytes(Path(out) / CAE_INDEX_FILE, json.dumps(data, sort_keys=True).encode())
+    def to_bytes(self) -> bytes:
+        """OUT/cae_index.json's content (written with the shards it points into, pipeline/commit.py)."""
+        return json.dumps({"format": 1, "splits": self.splits}, sort_keys=True).encode()

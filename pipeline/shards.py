@@ -9,10 +9,10 @@ from __future__ import annotations
 import heapq
 import json
 import os
-import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .commit import commit, recover
 from .config import ShardConfig
 from .enrich import merge_sidecar, read_sidecar
 from .tars import read_samples
@@ -21,15 +21,8 @@ SHARD_DIR = "shards"
 
 
 def clean_interrupted(out: Path) -> None:
-    """Remove what a killed pack left: the staging dir, and restore a shard dir caught mid-swap."""
-    staging, old, final = out / f"{SHARD_DIR}.partial", out / f"{SHARD_DIR}.old", out / SHARD_DIR
-    if staging.exists():
-        shutil.rmtree(staging)
-    if old.exists():
-        if final.exists():
-            shutil.rmtree(old)
-        else:
-            os.replace(old, final)
+    """Resolve what a killed pack left: finish a decided commit, else drop the staged shards and outputs."""
+    recover(out)
 
 
 def pack_shards(
@@ -41,6 +34,7 @@ def pack_shards(
     annotate: Callable[[dict], None] | None = None,
     placed: Callable[[dict, str], None] | None = None,
     extra: Callable[[Path], Iterable[dict]] | None = None,
+    swap: bool = True,
 ) -> dict[str, dict[str, int]]:
     """Pack per-clip tars into `out/shards/{split}-NNNNNN.tar` and swap the directory in atomically.
 
@@ -93,10 +87,6 @@ def pack_shards(
         for split, w in writers.items():
             counts[split]["shards"] = w.shard
             w.close()
-    final, old = out / SHARD_DIR, out / f"{SHARD_DIR}.old"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old.exists():
-        shutil.rmtree(old)
+    if swap:  # else the caller commits OUT/shards.partial with the other outputs (pipeline/commit.py)
+        commit(out, shards=True)
     return counts

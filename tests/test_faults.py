@@ -1,0 +1,141 @@
+"""Fault injection: a crash at each point of a build's output commit, two writers on one OUT, a killed pack.
+Each test asserts the end state against a clean run: the same shards byte for byte, one status row per input,
+outputs that agree with each other."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import pipeline.commit
+from pipeline.build import finish_build, plan_build
+from pipeline.clip import run_clip
+from pipeline.config import Config
+from pipeline.lock import OutLocked, out_lock
+
+pytestmark = pytest.mark.slow
+
+
+def digest(out: Path) -> dict[str, str]:
+    files = sorted((out / "shards").glob("*.tar")) + [out / "clips.jsonl"]
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
+
+
+def summary_agrees(out: Path) -> None:
+    """summary.json counts what shards/ and clips.jsonl hold."""
+    s = json.loads((out / "summary.json").read_text())
+    rows = [json.loads(x) for x in (out / "clips.jsonl").read_text().splitlines()]
+    assert s["samples"] == sum(r["windows_written"] for r in rows)
+    assert sum(s["shards"].values()) == len(list((out / "shards").glob("*.tar")))
+
+
+def build(manifest: Path, out: Path, cfg: Config) -> dict:
+    plan = plan_build(manifest, out, cfg)
+    for c in plan.todo:
+        run_clip(c, plan.ctx)
+    return finish_build(plan)
+
+
+@pytest.fixture(scope="module")
+def two_builds(media, tmp_path_factory):
+    """A finished OUT built with 2 samples a shard, and the clean result of repacking it with 3 a shard."""
+    root = tmp_path_factory.mktemp("faults")
+    shutil.copy(media.moving, root / "moving.mp4")
+    shutil.copy(media.stereo48k, root / "stereo48k.mp4")
+    manifest = root / "manifest.csv"
+    manifest.write_text("source,id,identity\nmoving.mp4,a1,alice\nstereo48k.mp4,g1,grace\n")
+    first = Config.from_dict({"shards": {"maxcount": 2}})
+    second = Config.from_dict({"shards": {"maxcount": 3}})
+    before = root / "before"
+    build(manifest, before, first)
+    clean = root / "clean"
+    shutil.copytree(before, clean)
+    build(manifest, clean, second)
+    assert digest(clean) != digest(before)
+    return manifest, before, clean, second
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["staging", "decided"])
+def test_a_crash_during_the_output_commit_never_leaves_mixed_outputs(two_builds, tmp_path, monkeypatch, where):
+    manifest, before, clean, cfg = two_builds
+    out = tmp_path / "out"
+    shutil.copytree(before, out)
+    if where == "staging":  # killed while the report is staged: the commit was never decided
+        real = pipeline.commit.stage_bytes
+
+        def stage(out_, rel, data):
+            if rel == "report.html":
+                raise Boom
+            real(out_, rel, data)
+
+        monkeypatch.setattr("pipeline.build.stage_bytes", stage)
+    else:  # killed right after the commit was decided, before anything moved
+
+        def carry_out(out_, marker):
+            raise Boom
+
+        monkeypatch.setattr(pipeline.commit, "_carry_out", carry_out)
+    with pytest.raises(Boom):
+        build(manifest, out, cfg)
+    monkeypatch.undo()
+    if where == "staging":
+        assert digest(out) == digest(before)  # the old outputs, whole
+    else:
+        assert (out / "shards").is_dir() and digest(out) == digest(before)  # nothing moved yet
+        assert (out / ".work" / "commit" / "COMMIT").exists()
+    summary_agrees(out)
+    # the next run (any command that plans or publishes) resolves it; then a build equals a clean one
+    assert pipeline.commit.recover(out) is not None
+    if where == "decided":
+        assert digest(out) == digest(clean)  # the decided commit was finished
+    summary_agrees(out)
+    build(manifest, out, cfg)
+    assert digest(out) == digest(clean)
+    assert not (out / "shards.partial").exists() and not (out / ".work" / "commit").exists()
+
+
+def test_the_shard_directory_is_swapped_in_one_step(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "x").write_text("new")
+    (b / "x").write_text("old")
+    pipeline.commit.exchange(a, b)
+    assert (b / "x").read_text() == "new" and (a / "x").read_text() == "old"
+
+
+def test_a_second_writer_is_told_who_holds_out(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pipeline.lock import out_lock\n"
+         "with out_lock(sys.argv[1], 'voiceface build'):\n print('held', flush=True); time.sleep(60)", str(out)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutLocked, match=rf"pid {holder.pid} .*voiceface build"):
+            with out_lock(out, "voiceface publish"):
+                pass
+        from flows.cli import main as cli
+
+        (out / "clips.jsonl").write_text("")
+        capsys.readouterr()
+        assert cli(["publish", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"in use by pid {holder.pid}" in err  # one line, no traceback
+    finally:
+        holder.kill()
+        holder.wait()
+    with out_lock(out, "voiceface publish"):  # a killed holder leaves no stale lock
+        pass

@@ -17,10 +17,10 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import unquote, urlencode
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 
@@ -32,6 +32,8 @@ from pipeline.review.queue import describe, open_db
 HERE = Path(__file__).resolve().parent
 STATIC = {"review.js": "text/javascript; charset=utf-8", "review.css": "text/css; charset=utf-8"}
 TOKEN_COOKIE = "voiceface_review_token"
+MAX_PAGE = 1_000_000_000  # page numbers and queue positions are bounded: SQLite integers are 64-bit
+MAX_SEQ = 2**62
 REVIEWER_COOKIE = "voiceface_reviewer"
 TOKEN_ENV = "VOICEFACE_REVIEW_TOKEN"
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
@@ -57,10 +59,20 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+MIN_TOKEN_CHARS = 16  # a guessable token guards nothing: 16 URL-safe characters are ~96 bits
+
+
 def check_bind(host: str, token: str | None) -> None:
-    """Listening beyond this machine needs a token: anyone who can reach the port could decide otherwise."""
-    if not is_loopback(host) and not token:
+    """Listening beyond this machine needs a strong token: anyone who can reach the port could decide otherwise."""
+    if is_loopback(host):
+        return
+    if not token:
         raise ValueError(f"listening on {host} needs a token: pass --token or set {TOKEN_ENV}")
+    if len(token) < MIN_TOKEN_CHARS or len(set(token)) < 8:
+        raise ValueError(
+            f"the token is too weak for {host}: use {MIN_TOKEN_CHARS} or more varied characters, e.g. "
+            "python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+        )
 
 
 def clean_reviewer(name: str | None) -> str:
@@ -111,8 +123,8 @@ def create_app(out: str | Path, cfg: Config | None = None, token: str | None = N
     @app.get("/", response_class=HTMLResponse)
     def page(
         request: Request,
-        page: int | None = None,
-        after: int | None = None,
+        page: Annotated[int | None, Query(ge=1, le=MAX_PAGE)] = None,
+        after: Annotated[int | None, Query(ge=-1, le=MAX_SEQ)] = None,
         status: str = "all",
         reason: str | None = None,
         clip: str | None = None,
@@ -132,10 +144,12 @@ def create_app(out: str | Path, cfg: Config | None = None, token: str | None = N
             q = {**query, **changes}
             return "/?" + urlencode({k: v for k, v in q.items() if v is not None and v != ""})
 
+        reviewer = clean_reviewer(unquote(request.cookies.get(REVIEWER_COOKIE, "")))
         html = page_template.render(
             items=[_card(r, history.get(r["key"], []), cfg) for r in found.rows],
             progress=db.progress(),
-            reviewer=clean_reviewer(unquote(request.cookies.get(REVIEWER_COOKIE, ""))),
+            reviewer=reviewer,
+            overridden=db.overridden(reviewer),
             filters=filters,
             statuses=STATUSES,
             reasons=db.reason_counts(),
@@ -156,11 +170,15 @@ def create_app(out: str | Path, cfg: Config | None = None, token: str | None = N
     @app.post("/api/decide")
     def api_decide(body: Decide):
         reviewer = clean_reviewer(body.reviewer)
+        before = db.states([body.key]).get(body.key)
         try:
             db.decide([body.key], body.decision, reviewer)
         except KeyError:
             raise HTTPException(404, "no such window") from None
-        return {"key": body.key, "state": db.states([body.key]).get(body.key), "progress": db.progress()}
+        out = {"key": body.key, "state": db.states([body.key]).get(body.key), "progress": db.progress()}
+        if before and before["reviewer"] != reviewer and before["decision"] != body.decision:
+            out["overrode"] = {"reviewer": before["reviewer"], "decision": before["decision"]}  # said to both
+        return out
 
     @app.post("/api/bulk")
     def api_bulk(body: Bulk):

@@ -419,7 +419,7 @@ def test_token_host_and_origin_checks(out, monkeypatch):
     monkeypatch.delenv("VOICEFACE_REVIEW_TOKEN", raising=False)
     with pytest.raises(ValueError, match="token"):
         check_bind("0.0.0.0", None)
-    check_bind("0.0.0.0", "t0k3n")
+    check_bind("0.0.0.0", "t0k3n-Long-Enough-9x")  # a 5-character token is refused now (too weak)
     check_bind("127.0.0.1", None)
     check_bind("::1", None)
     assert main(["review", str(out), "--host", "0.0.0.0"]) == 2
@@ -708,3 +708,29 @@ def test_a_crash_while_the_queue_fills_leaves_it_as_it_was_and_repair_finds_noth
     assert queue_out(out, ReviewConfig(), repair=True)["changed"] == 0
     publish(out)
     assert not set(shard_keys(out)) & clean  # nothing queued and undecided ships
+
+
+def test_the_server_bounds_its_parameters_refuses_weak_tokens_and_tells_an_overridden_reviewer(out):
+    from flows.review_app import REVIEWER_COOKIE, check_bind
+
+    c = client(out)
+    for q in (f"page={2**70}", f"after={2**70}", "page=0", "page=-5"):
+        assert c.get(f"/?{q}").status_code == 422, q  # refused, never a 500
+    assert c.get("/?page=3").status_code == 200
+    for weak in ("x", "aaaaaaaaaaaaaaaaaaaa", "short-token"):
+        with pytest.raises(ValueError, match="too weak"):
+            check_bind("0.0.0.0", weak)
+    check_bind("0.0.0.0", "Zq8w-3vK_p1x9LmN4rTy")
+    check_bind("127.0.0.1", None)  # loopback needs none
+
+    key = sorted(open_db(out).outcome_sets()[2])[0]
+    headers = {"origin": "http://127.0.0.1:8765"}
+    r = c.post("/api/decide", json={"key": key, "decision": "accept", "reviewer": "ann"}, headers=headers)
+    assert r.status_code == 200 and "overrode" not in r.json()
+    r = c.post("/api/decide", json={"key": key, "decision": "reject", "reviewer": "bob"}, headers=headers)
+    assert r.json()["overrode"] == {"reviewer": "ann", "decision": "accept"}  # bob is told whose decision he changed
+    c.cookies.set(REVIEWER_COOKIE, "ann")
+    page = c.get("/?status=all").text
+    assert "1 of your decisions were changed by another reviewer" in page and key in page  # and ann is told
+    c.cookies.set(REVIEWER_COOKIE, "bob")
+    assert "were changed by another reviewer" not in c.get("/?status=all").text

@@ -476,6 +476,17 @@ class ReviewDB:
         with closing(self.connect()) as conn:
             return [dict(r) for r in conn.execute("SELECT * FROM decisions ORDER BY id")]
 
+    def overridden(self, reviewer: str) -> list[dict]:
+        """Windows whose standing decision is another reviewer's and differs from the one `reviewer` made."""
+        with closing(self.connect()) as conn:
+            rows = conn.execute(
+                "SELECT s.key, s.reviewer, s.decision, s.at FROM state s WHERE s.reviewer != ? AND EXISTS ("
+                "SELECT 1 FROM decisions d WHERE d.key = s.key AND d.reviewer = ? AND d.decision != 'undo' "
+                "AND d.decision != s.decision) ORDER BY s.at DESC LIMIT 200",
+                (reviewer, reviewer),
+            ).fetchall()
+        return [dict(r) for r in rows]
+
     def progress(self) -> dict:
         """Queued, reviewed and remaining windows, and each reviewer's standing decisions."""
         with self.read() as conn:

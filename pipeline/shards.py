@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -48,8 +49,11 @@ def pack_shards(
     """
     import webdataset as wds
 
-    clean_interrupted(out)
     staging = out / f"{SHARD_DIR}.partial"
+    if swap:
+        clean_interrupted(out)
+    elif staging.exists():  # the caller resolved any interrupted commit already; this is a stale staging
+        shutil.rmtree(staging)
     staging.mkdir(parents=True)
     writers: dict[str, wds.ShardWriter] = {}
     counts: dict[str, dict[str, int]] = {}

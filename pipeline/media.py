@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -46,10 +47,22 @@ def _tail(text: str, n: int = 300) -> str:
     return text[-n:]
 
 
+def check_not_killed(tool: str, returncode: int | None) -> None:
+    """A child ended by a signal (the OOM killer, a kill, Ctrl-C) says nothing about the media: what it wrote is
+    cut short. That is a transient failure, redone on the next run, never a result."""
+    if returncode is not None and returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        raise ClipError(Reason.DECODER_KILLED, f"{tool} was killed by {name}", status="failed")
+
+
 def probe(path: Path) -> MediaInfo:
     """Streams and duration of a media file; ClipError corrupt_media / no_video if unusable."""
     cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)]
     r = subprocess.run(cmd, capture_output=True, text=True)
+    check_not_killed("ffprobe", r.returncode)
     if r.returncode != 0:
         raise ClipError(Reason.CORRUPT_MEDIA, f"ffprobe: {_tail(r.stderr) or 'failed'}")
     info = json.loads(r.stdout or "{}")
@@ -103,6 +116,7 @@ def decode_audio(path: Path, start_s: float, duration_s: float | None) -> np.nda
     cmd += ["-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1"]
     r = subprocess.run(cmd, capture_output=True)
     err = r.stderr.decode(errors="replace")
+    check_not_killed("the audio decoder (ffmpeg)", r.returncode)
     if r.returncode != 0:
         raise ClipError(Reason.CORRUPT_MEDIA, f"audio decode: {_tail(err)}")
     if "partial file" in err:  # ffmpeg exits 0 on a truncated mp4 and decodes what is there
@@ -275,13 +289,16 @@ def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
                     yield DecodedFrame(int(np.round((t + d / 2 - c0) / p)), start_s + t, frame, False)
     finally:
         stop.set()
-        if proc.poll() is None:
+        we_killed = proc.poll() is None  # the consumer stopped early: ffmpeg still running is ours to end
+        if we_killed:
             proc.kill()
         proc.wait()
         for th in threads:
             th.join(timeout=5)
         if ctx_file is not None:
             ctx_file.close()
-    if proc.returncode not in (0, -9) and n == 0:
+    if not we_killed:  # killed from outside after n frames: the rest of the clip is missing, not absent
+        check_not_killed("the frame decoder (ffmpeg)", proc.returncode)
+    if proc.returncode != 0 and not we_killed and n == 0:
         err = b"".join(stderr_lines).decode(errors="replace")
         raise ClipError(Reason.CORRUPT_MEDIA, f"video decode: {_tail(err)}")

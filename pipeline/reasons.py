@@ -23,6 +23,7 @@ class Reason(StrEnum):
     NO_AUDIO = "no_audio"
     NO_VIDEO = "no_video"
     SEGMENT_OUT_OF_RANGE = "segment_out_of_range"
+    DECODER_KILLED = "decoder_killed"  # an ffmpeg child ended by a signal (OOM killer, kill, Ctrl-C): redone
     # speech
     TOO_SHORT = "too_short"
     NO_SPEECH = "no_speech"

@@ -20,7 +20,9 @@ SOURCE_REASONS = {
     Reason.FILE_NOT_FOUND, Reason.VIDEO_UNAVAILABLE, Reason.PRIVATE_VIDEO, Reason.AGE_RESTRICTED, Reason.BOT_CHECK,
     Reason.RATE_LIMITED, Reason.NETWORK_ERROR, Reason.UNSUPPORTED_URL, Reason.DOWNLOAD_ERROR, Reason.INTERNAL_ERROR,
 }  # fmt: skip
-DECODE_REASONS = {Reason.CORRUPT_MEDIA, Reason.NO_AUDIO, Reason.NO_VIDEO, Reason.SEGMENT_OUT_OF_RANGE}
+DECODE_REASONS = {
+    Reason.CORRUPT_MEDIA, Reason.NO_AUDIO, Reason.NO_VIDEO, Reason.SEGMENT_OUT_OF_RANGE, Reason.DECODER_KILLED
+}  # fmt: skip
 FACE_WINDOW_REASONS = {Reason.NO_FACE, Reason.FACE_TOO_SMALL, Reason.SPEAKER_NOT_FOUND, Reason.FRAME_MISSING}
 # the window funnel after the speech windows: each stage, and the window rejections that end there
 WINDOW_STAGES = [

@@ -139,3 +139,83 @@ def test_a_second_writer_is_told_who_holds_out(tmp_path, capsys):
         holder.wait()
     with out_lock(out, "voiceface publish"):  # a killed holder leaves no stale lock
         pass
+
+
+# --- a killed ffmpeg child is a retryable failure, never a result -------------------------------------------------
+
+
+def _clean_clip(media, tmp_path):
+    from pipeline.clip import BuildContext
+    from pipeline.records import Clip
+
+    clip = Clip("m1", str(media.moving), "mia", 1)
+    clean = BuildContext(tmp_path / "clean", Config())
+    assert run_clip(clip, clean).status == "ok"
+    return clip, hashlib.sha1(clean.clip_tar("m1").read_bytes()).hexdigest()
+
+
+def test_killing_the_audio_decoder_is_a_retryable_failure(media, tmp_path, monkeypatch):
+    import signal
+    import subprocess
+
+    import pipeline.media
+    from pipeline.clip import BuildContext, cached_status
+
+    clip, clean = _clean_clip(media, tmp_path)
+    real_run = subprocess.run
+
+    def run_and_kill(cmd, **kw):  # the audio decoder, killed as the OOM killer would
+        if cmd[0] == "ffmpeg" and "pcm_s16le" in cmd:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            proc.send_signal(signal.SIGKILL)
+            out, err = proc.communicate()
+            return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+        return real_run(cmd, **kw)
+
+    monkeypatch.setattr(pipeline.media.subprocess, "run", run_and_kill)
+    ctx = BuildContext(tmp_path / "out", Config())
+    s = run_clip(clip, ctx)
+    assert (s.status, s.reason) == ("failed", "decoder_killed") and "SIGKILL" in s.detail
+    assert cached_status(clip, ctx) is None  # the next run redoes it
+    monkeypatch.undo()
+    assert run_clip(clip, ctx).status == "ok"
+    assert hashlib.sha1(ctx.clip_tar("m1").read_bytes()).hexdigest() == clean
+
+
+def test_killing_the_frame_decoder_mid_clip_is_a_retryable_failure(media, tmp_path, monkeypatch):
+    import os
+    import signal
+    import subprocess
+    import threading
+    import time
+
+    import pipeline.media
+    import pipeline.stages.faces
+    from pipeline.clip import BuildContext, cached_status
+
+    clip, clean = _clean_clip(media, tmp_path)
+    real_popen = subprocess.Popen
+    killed = []
+
+    def popen_then_kill(cmd, *a, **kw):  # the frame decoder, killed half-way through the clip
+        proc = real_popen(cmd, *a, **kw)
+        if any("showinfo@grid" in str(c) for c in cmd):
+            threading.Timer(0.6, lambda: (os.kill(proc.pid, signal.SIGKILL), killed.append(proc.pid))).start()
+        return proc
+
+    slow_call = pipeline.stages.faces.FaceStage.__call__
+
+    def slow(self, frame):  # a slow consumer: ffmpeg waits on the full pipe, alive until it is killed
+        time.sleep(0.3)
+        return slow_call(self, frame)
+
+    monkeypatch.setattr(pipeline.media.subprocess, "Popen", popen_then_kill)
+    monkeypatch.setattr(pipeline.stages.faces.FaceStage, "__call__", slow)
+    ctx = BuildContext(tmp_path / "out", Config())
+    s = run_clip(clip, ctx)
+    assert killed and (s.status, s.reason) == ("failed", "decoder_killed"), (s.status, s.reason, s.detail)
+    assert not ctx.clip_tar("m1").exists()  # no partial clip recorded as a result
+    assert cached_status(clip, ctx) is None
+    monkeypatch.undo()
+    assert run_clip(clip, ctx).status == "ok"
+    assert hashlib.sha1(ctx.clip_tar("m1").read_bytes()).hexdigest() == clean

@@ -18,6 +18,10 @@ from .reasons import Reason
 from .records import Clip, ClipStatus, seconds_to_samples
 
 CLIP_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+MAX_ID_CHARS = 128  # ids name files (<id>.tar, <id>.json): well under any filesystem's 255-byte name limit
+MAX_FIELD_CHARS = 8192  # a longer field is not a path, URL, name or number: the row is bad, the file is not
+MAX_SECONDS = 10 * 24 * 3600.0  # no video is longer: a time beyond it is a typo (or 1e300)
+CSV_FIELD_LIMIT = 64 << 20  # csv's own limit (128 KiB) would stop the whole file at one long field
 YOUTUBE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{11}$")
 SPLITS = ("train", "val", "test")
 GENERIC_COLUMNS = ("source", "id", "identity", "start", "end", "x", "y", "split", "gender")
@@ -75,6 +79,11 @@ def _times(start: str, end: str) -> tuple[float | None, float | None]:
     e = _number(end, "end") if end.strip() else None
     if s is not None and s < 0:
         raise RowError(f"start={s} is negative")
+    if e is not None and e <= 0:
+        raise RowError(f"end={e} is not after the video's start")
+    for name, v in (("start", s), ("end", e)):
+        if v is not None and v > MAX_SECONDS:
+            raise RowError(f"{name}={v:g} s is beyond any video ({MAX_SECONDS:g} s)")
     if s is not None and e is not None and s >= e:
         raise RowError(f"start={s} is not before end={e}")
     return s, e
@@ -138,6 +147,8 @@ def parse_generic_row(row: dict[str, str], line: int) -> Clip:
     if clip_id:
         if not CLIP_ID_RE.match(clip_id):
             raise RowError(f"id={clip_id!r} may only use A-Z a-z 0-9 _ -")
+        if len(clip_id) > MAX_ID_CHARS:
+            raise RowError(f"id is {len(clip_id)} characters long; at most {MAX_ID_CHARS}")
     else:
         stem = yid or Path(urlparse(source).path).stem
         digest = hashlib.sha1(f"{source}|{s}|{e}".encode()).hexdigest()[:8]
@@ -173,7 +184,9 @@ def is_opted_out(clip: Clip, optout: set[str]) -> bool:
 def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
     """Parse a manifest; every row ends up either in .clips or in .rejected."""
     optout = optout or set()
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    # bytes that are not UTF-8 become lone surrogates, so one bad byte spoils its row, not the file
+    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
         reader = csv.reader(f)
         # reader.line_num is the physical line a record ends on, which is what an editor shows
         numbered = [(reader.line_num, r) for r in reader]
@@ -202,12 +215,13 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
 
     for line, row in body:
         try:
+            check_fields(row)
             if header is None:
                 clip = parse_avspeech_row(row, line)
             else:
-                if len(row) > len(header):
+                if len(row) != len(header):
                     raise RowError(f"{len(row)} columns but the header has {len(header)}")
-                clip = parse_generic_row(dict(zip(header, row, strict=False)), line)
+                clip = parse_generic_row(dict(zip(header, row, strict=True)), line)
         except RowError as err:
             reject(_fallback_id(row, header, line), Reason.BAD_ROW, str(err), line)
             continue
@@ -222,6 +236,18 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
         manifest.clips.append(clip)
     _spread_split_overrides(manifest)
     return manifest
+
+
+def check_fields(row: list[str]) -> None:
+    """Raise RowError for a field that is not text a manifest can hold (not UTF-8, or absurdly long)."""
+    for i, value in enumerate(row, 1):
+        if len(value) > MAX_FIELD_CHARS:
+            raise RowError(f"column {i} is {len(value)} characters long; at most {MAX_FIELD_CHARS}")
+        if _SURROGATE.search(value):
+            raise RowError(f"column {i} has bytes that are not UTF-8")
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 def _spread_split_overrides(manifest: Manifest) -> None:
@@ -245,6 +271,6 @@ def _fallback_id(row: list[str], header: list[str] | None, line: int) -> str:
     """An id for a row that did not parse: its own id if it has a usable one, else its line."""
     if header is not None and "id" in header:
         idx = header.index("id")
-        if idx < len(row) and CLIP_ID_RE.match(row[idx].strip()):
+        if idx < len(row) and CLIP_ID_RE.match(row[idx].strip()) and len(row[idx].strip()) <= MAX_ID_CHARS:
             return row[idx].strip()
     return f"line-{line}"

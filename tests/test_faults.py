@@ -219,3 +219,36 @@ def test_killing_the_frame_decoder_mid_clip_is_a_retryable_failure(media, tmp_pa
     monkeypatch.undo()
     assert run_clip(clip, ctx).status == "ok"
     assert hashlib.sha1(ctx.clip_tar("m1").read_bytes()).hexdigest() == clean
+
+
+# --- hostile manifest rows: each becomes exactly one bad_row status, and the run goes on -------------------------
+
+
+def test_every_bad_row_is_one_bad_row_status_and_the_good_row_still_runs(media, tmp_path):
+    shutil.copy(media.moving, tmp_path / "moving.mp4")
+    header = b"source,id,identity,start,end,x,y,split\n"
+    rows = [
+        b"moving.mp4,good1,mia,,,,,\n",  # line 2
+        b"moving.mp4," + b"a" * 300 + b",mia,,,,,\n",  # 3: an id no filesystem can name
+        b"moving.mp4,utf1,mi\xffa,,,,,\n",  # 4: a byte that is not UTF-8
+        b"moving.mp4,long1," + b"x" * (200 << 10) + b",,,,,\n",  # 5: a 200 KiB field
+        b"moving.mp4,neg1,mia,,-3,,,\n",  # 6: end=-3
+        b"moving.mp4,huge1,mia,,1e300,,,\n",  # 7: end=1e300
+        b"moving.mp4,short1\n",  # 8: 2 of 8 columns
+        b"moving.mp4,good2,mia,0,3,,,\n",  # 9
+    ]
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(header + b"".join(rows))
+    out = tmp_path / "out"
+    build(manifest, out, Config())
+    got = [json.loads(x) for x in (out / "clips.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in got] == list(range(2, 10))  # one status row per input row, in order
+    by_line = {r["line"]: r for r in got}
+    assert by_line[2]["status"] == by_line[9]["status"] == "ok"
+    for line in range(3, 9):
+        r = by_line[line]
+        assert (r["status"], r["reason"]) == ("rejected", "bad_row"), r
+        assert r["detail"].startswith(f"line {line}: ")
+    assert "at most 128" in by_line[3]["detail"] and "not UTF-8" in by_line[4]["detail"]
+    assert "characters long" in by_line[5]["detail"] and "end=-3" in by_line[6]["detail"]
+    assert "beyond any video" in by_line[7]["detail"] and "2 columns" in by_line[8]["detail"]

@@ -55,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--channels", default="manifests/youtubers.csv", help="name,gender,channel_url list")
     s.add_argument("--out", default="out/youtubers", help="output directory of the nightly refresh")
-    s.add_argument("--cron", default="0 3 * * *", help="schedule of the nightly refresh")
+    when = s.add_mutually_exclusive_group()
+    when.add_argument("--cron", default="0 3 * * *", help="schedule of the nightly refresh")
+    when.add_argument("--interval", type=float, help="run the refresh every this many seconds instead of --cron")
+    s.add_argument("--config", help="YAML config file for the refresh's builds")
+    s.add_argument("--per-channel", type=int, help="newest videos listed per channel (default 20)")
     s.add_argument("--workers", type=int, default=2, help="clips processed at once by each run")
     s.add_argument("--start-server", action="store_true", help="start `prefect server start` (SQLite) first")
     s.add_argument("--port", type=int, default=4200, help="port of the server started with --start-server")
@@ -80,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         from flows.deployments import serve_deployments
 
         channels, out = str(Path(args.channels).resolve()), str(Path(args.out).resolve())
-        serve_deployments(channels, out, args.cron, args.workers, args.start_server, args.port)
+        config = str(Path(args.config).resolve()) if args.config else None
+        serve_deployments(
+            channels, out, args.cron, args.workers, args.start_server, args.port, args.interval, config, args.per_channel
+        )
         return 0
     if args.command == "vggface":
         return _vggface(args)

@@ -86,7 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         channels, out = str(Path(args.channels).resolve()), str(Path(args.out).resolve())
         config = str(Path(args.config).resolve()) if args.config else None
         serve_deployments(
-            channels, out, args.cron, args.workers, args.start_server, args.port, args.interval, config, args.per_channel
+            channels,
+            out,
+            args.cron,
+            args.workers,
+            args.start_server,
+            args.port,
+            args.interval,
+            config,
+            args.per_channel,
         )
         return 0
     if args.command == "vggface":

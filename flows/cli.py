@@ -118,8 +118,12 @@ def main(argv: list[str] | None = None) -> int:
         pool = dict(config=args.config, optout=args.optout, workers=args.workers, runner=args.runner)
         pool["preset"] = args.preset
         summary = run_build(manifest, args.out, mirror=mirror, address=args.address, **pool)
-    # bad clips are data (clips.jsonl), not a failed command; a clip that crashed on a bug is
-    return 1 if summary.get("clips_crashed") else 0
+    # bad clips are data (clips.jsonl), not a failed command; a clip that crashed on a bug, or a build in which
+    # every clip failed, is (the same rule makes the Prefect run Failed)
+    if summary.get("failed_because"):
+        print(f"build failed: {summary['failed_because']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> dict | None:
@@ -127,7 +131,7 @@ def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> 
     report without starting Prefect's temporary server (seconds of start-up for no task); else None."""
     if os.environ.get("PREFECT_API_URL"):
         return None  # a real server is cheap to use and keeps the run history
-    from pipeline.build import describe_plan, finish_build, format_summary, output_paths, plan_build
+    from pipeline.build import build_failure, describe_plan, finish_build, format_summary, output_paths, plan_build
     from pipeline.config import load_config, resolve_weights
 
     cfg = load_config(config, preset)
@@ -140,6 +144,7 @@ def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> 
     print("nothing to process: packing shards and the report without starting Prefect")
     summary = finish_build(plan)
     summary.pop("report_markdown")
+    summary["failed_because"] = build_failure(summary, len(plan.manifest.clips))
     print(format_summary(summary) + "\n" + output_paths(out))
     return summary
 

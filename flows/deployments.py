@@ -12,8 +12,9 @@ import urllib.request
 from pathlib import Path
 
 from prefect import flow
+from prefect.states import Failed
 
-from flows.build import build_shards, make_task_runner
+from flows.build import build_shards, make_task_runner, result_of
 from pipeline.channels import expand_channels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,8 +39,9 @@ def refresh_channels(
         print(f"  channel list: {p}")
     print(f"{added} new video(s) from {channels}; manifest {manifest}")
     build = build_shards.with_options(task_runner=make_task_runner("thread", workers))
-    summary = build(manifest=str(manifest), out=out, config=config, workers=workers)
-    return {"added": added, **summary}
+    state = build(manifest=str(manifest), out=out, config=config, workers=workers, return_state=True)
+    result = {"added": added, **result_of(state)}
+    return Failed(message=state.message, data=result) if state.is_failed() else result
 
 
 def deployments(

@@ -14,9 +14,18 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from pipeline.build import BuildPlan, describe_plan, finish_build, format_summary, output_paths, plan_build
+from pipeline.build import (
+    BuildPlan,
+    build_failure,
+    describe_plan,
+    finish_build,
+    format_summary,
+    output_paths,
+    plan_build,
+)
 from pipeline.clip import BuildContext, read_status, record_crash, run_clip
 from pipeline.config import DownloadConfig, VGGFaceConfig, load_config
 from pipeline.lock import holds_out_lock
@@ -158,8 +167,17 @@ def build_shards(
         vggface_stage(plan, vgg_weights)
     summary = finish_build(plan, prepare_review)
     summary["clips_crashed"] = crashed
+    failure = summary["failed_because"] = build_failure(summary, len(plan.manifest.clips))
     markdown = summary.pop("report_markdown")
-    create_markdown_artifact(markdown=markdown, key="build-summary", description="voiceface build funnel")
+    counts = status_counts(summary)
+    verdict = f"**Failed: {failure}**" if failure else "Completed"
+    head = f"{verdict}\n\n" + ", ".join(f"{k}: {v}" for k, v in counts.items()) + "\n\n"
+    create_markdown_artifact(markdown=head + markdown, key="build-summary", description="voiceface build funnel")
+    create_table_artifact(
+        table=[{"status": k, "clips": v} for k, v in counts.items()],
+        key="build-status",
+        description="manifest rows by status; internal_error = clips that hit a bug",
+    )
     create_table_artifact(
         table=[{"reason": r, "clips": n} for r, n in summary["reasons"].items()] or [{"reason": "none", "clips": 0}],
         key="build-rejections",
@@ -169,7 +187,28 @@ def build_shards(
     if crashed:
         logger.error("%d clip(s) crashed on a bug (reason internal_error in clips.jsonl)", crashed)
     print(output_paths(out))
+    if failure:
+        return Failed(message=failure, data=summary)  # red in the UI; the summary is still the run's result
     return summary
+
+
+def status_counts(summary: dict) -> dict[str, int]:
+    """Manifest rows by status, and the failures that were bugs."""
+    return {
+        "rows": summary["manifest_rows"],
+        "ok": summary["clips_ok"],
+        "rejected": summary["clips_rejected"],
+        "failed": summary["clips_failed"],
+        "internal_error": summary["reasons"].get("internal_error", 0),
+    }
+
+
+def result_of(state) -> dict:
+    """A build flow run's summary, whether it ended Completed or Failed; an exception it raised is raised."""
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def run_build(
@@ -188,7 +227,7 @@ def run_build(
     workers = max(1, int(workers))
     flow_with_pool = build_shards.with_options(task_runner=make_task_runner(runner, workers, address))
     with shared_prefect_api() if runner == "dask" else contextlib.nullcontext():
-        return flow_with_pool(
+        state = flow_with_pool(
             manifest=str(manifest),
             out=str(out),
             mirror=str(mirror) if mirror else None,
@@ -197,7 +236,11 @@ def run_build(
             workers=workers,
             preset=preset,
             wait_for_out=wait_for_out,
+            return_state=True,
         )
+    summary = result_of(state)
+    summary["state"] = state.type.value  # COMPLETED or FAILED, as the Prefect UI shows the run
+    return summary
 
 
 @contextlib.contextmanager

@@ -57,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--channels", default="manifests/youtubers.csv", help="name,gender,channel_url list")
     s.add_argument("--out", default="out/youtubers", help="output directory of the nightly refresh")
-    s.add_argument("--cron", default="0 3 * * *", help="schedule of the nightly refresh")
+    when = s.add_mutually_exclusive_group()
+    when.add_argument("--cron", default="0 3 * * *", help="schedule of the nightly refresh")
+    when.add_argument("--interval", type=float, help="run the refresh every this many seconds instead of --cron")
+    s.add_argument("--config", help="YAML config file for the refresh's builds")
+    s.add_argument("--per-channel", type=int, help="newest videos listed per channel (default 20)")
     s.add_argument("--workers", type=int, default=2, help="clips processed at once by each run")
     s.add_argument("--start-server", action="store_true", help="start `prefect server start` (SQLite) first")
     s.add_argument("--port", type=int, default=4200, help="port of the server started with --start-server")
@@ -93,7 +97,18 @@ def main(argv: list[str] | None = None) -> int:
         from flows.deployments import serve_deployments
 
         channels, out = str(Path(args.channels).resolve()), str(Path(args.out).resolve())
-        serve_deployments(channels, out, args.cron, args.workers, args.start_server, args.port)
+        config = str(Path(args.config).resolve()) if args.config else None
+        serve_deployments(
+            channels,
+            out,
+            args.cron,
+            args.workers,
+            args.start_server,
+            args.port,
+            args.interval,
+            config,
+            args.per_channel,
+        )
         return 0
     from pipeline.lock import OutLocked
 
@@ -135,8 +150,12 @@ def _run(args: argparse.Namespace) -> int:
             pool = dict(config=args.config, optout=args.optout, workers=args.workers, runner=args.runner)
             pool["preset"] = args.preset
             summary = run_build(manifest, args.out, mirror=mirror, address=args.address, **pool)
-    # bad clips are data (clips.jsonl), not a failed command; a clip that crashed on a bug is
-    return 1 if summary.get("clips_crashed") else 0
+    # bad clips are data (clips.jsonl), not a failed command; a clip that crashed on a bug, or a build in which
+    # every clip failed, is (the same rule makes the Prefect run Failed)
+    if summary.get("failed_because"):
+        print(f"build failed: {summary['failed_because']}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> dict | None:
@@ -144,7 +163,7 @@ def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> 
     report without starting Prefect's temporary server (seconds of start-up for no task); else None."""
     if os.environ.get("PREFECT_API_URL"):
         return None  # a real server is cheap to use and keeps the run history
-    from pipeline.build import describe_plan, finish_build, format_summary, output_paths, plan_build
+    from pipeline.build import build_failure, describe_plan, finish_build, format_summary, output_paths, plan_build
     from pipeline.config import load_config, resolve_weights
     from pipeline.review.queue import prepare_review
 
@@ -158,6 +177,7 @@ def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> 
     print("nothing to process: packing shards and the report without starting Prefect")
     summary = finish_build(plan, prepare_review)
     summary.pop("report_markdown")
+    summary["failed_because"] = build_failure(summary, len(plan.manifest.clips))
     print(format_summary(summary) + "\n" + output_paths(out))
     return summary
 

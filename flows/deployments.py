@@ -4,6 +4,7 @@ shards from them, and an on-demand build. `voiceface serve` (make serve) serves 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,8 +12,9 @@ import urllib.request
 from pathlib import Path
 
 from prefect import flow
+from prefect.states import Failed
 
-from flows.build import build_shards, make_task_runner
+from flows.build import build_shards, make_task_runner, result_of
 from pipeline.channels import expand_channels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +39,32 @@ def refresh_channels(
         print(f"  channel list: {p}")
     print(f"{added} new video(s) from {channels}; manifest {manifest}")
     build = build_shards.with_options(task_runner=make_task_runner("thread", workers))
-    summary = build(manifest=str(manifest), out=out, config=config, workers=workers)
-    return {"added": added, **summary}
+    state = build(manifest=str(manifest), out=out, config=config, workers=workers, return_state=True)
+    result = {"added": added, **result_of(state)}
+    return Failed(message=state.message, data=result) if state.is_failed() else result
 
 
-def deployments(channels: str, out: str, cron: str, workers: int):
-    """The deployments `voiceface serve` serves."""
+def deployments(
+    channels: str,
+    out: str,
+    cron: str | None,
+    workers: int,
+    interval_s: float | None = None,
+    config: str | None = None,
+    per_channel: int | None = None,
+):
+    """The deployments `voiceface serve` serves. The refresh runs on `cron`, or every `interval_s` seconds."""
+    params: dict = {"channels": channels, "out": out, "workers": workers}
+    if config:
+        params["config"] = config
+    if per_channel:
+        params["per_channel"] = per_channel
+    schedule = {"interval": interval_s} if interval_s else {"cron": cron or NIGHTLY_CRON}
     refresh = refresh_channels.to_deployment(
         name="nightly-refresh",
-        cron=cron,
-        parameters={"channels": channels, "out": out, "workers": workers},
+        **schedule,
+        concurrency_limit=1,  # two refreshes never write one OUT at once: a late one waits for the other
+        parameters=params,
         description="Newest videos of the channel list → manifest → shards, every night.",
     )
     build = build_shards.to_deployment(
@@ -78,32 +96,78 @@ def start_local_server(
     env = {**(env or os.environ), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).with_name("prefect")
-    proc = subprocess.Popen([str(prefect), "server", "start", "--host", host, "--port", str(port)], env=env)
+    # Its own session: a Ctrl-C in the terminal (SIGINT to the whole foreground group) reaches only the serving
+    # process, which pauses its deployments through this server and then stops it. Killing the server at the
+    # same moment left the runner retrying a dead API forever.
+    proc = subprocess.Popen(
+        [str(prefect), "server", "start", "--host", host, "--port", str(port)],
+        env=env,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     try:
         wait_for_api(api_url)
     except TimeoutError:
-        proc.terminate()
+        stop_process(proc)
         raise
     return proc, api_url
 
 
-def serve_deployments(channels: str, out: str, cron: str, workers: int, start_server: bool, port: int) -> None:
-    """Serve the deployments until interrupted, against PREFECT_API_URL or a local server started here."""
+def _die_with_parent() -> None:
+    """In the server's process: SIGTERM when the process that started it dies (Linux), even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it has not exited after `timeout_s`."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def serve_deployments(
+    channels: str,
+    out: str,
+    cron: str | None,
+    workers: int,
+    start_server: bool,
+    port: int,
+    interval_s: float | None = None,
+    config: str | None = None,
+    per_channel: int | None = None,
+) -> None:
+    """Serve the deployments until Ctrl-C or SIGTERM, against PREFECT_API_URL or a local server started here.
+    On either signal the runner pauses its schedules, then the local server (if any) is stopped."""
     from prefect import serve
 
+    signal.signal(signal.SIGTERM, _interrupt)  # until the runner installs its own: the same way out as Ctrl-C
     server = None
     if start_server:
         server, api_url = start_local_server(port=port)
         os.environ["PREFECT_API_URL"] = api_url
         print(f"Prefect server: UI http://127.0.0.1:{port}, API {api_url}")
     elif not os.environ.get("PREFECT_API_URL"):
-        raise SystemExit("set PREFECT_API_URL to your Prefect server's API (or use --start-server / make serve)")
+        raise SystemExit("error: set PREFECT_API_URL to your Prefect server's API (or use --start-server / make serve)")
     try:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 
         with temporary_settings({PREFECT_API_URL: os.environ["PREFECT_API_URL"]}):
-            serve(*deployments(channels, out, cron, workers))
+            serve(*deployments(channels, out, cron, workers, interval_s, config, per_channel))
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how serving is meant to end
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            stop_process(server)
+            print("Prefect server stopped")

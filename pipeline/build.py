@@ -350,3 +350,19 @@ def format_summary(summary: dict) -> str:
         f"{review}"
         f"seconds: {summary['seconds']}"
     )
+
+
+def build_failure(summary: dict, n_clips: int) -> str | None:
+    """Why a finished build counts as failed (its Prefect run ends Failed, the command exits 1), or None.
+
+    A bug in any clip (internal_error) fails it, and so does a build in which every clip failed (nothing could
+    be obtained: a wrong mirror, no network). Rejections are the data doing its job and never fail a build."""
+    reasons = summary.get("reasons", {})
+    bugs = reasons.get("internal_error", 0)
+    if bugs:
+        return f"{bugs} clip(s) hit a bug (internal_error; details in clips.jsonl and the task logs)"
+    failed = summary.get("clips_failed", 0)
+    if n_clips > 0 and failed == n_clips:
+        top = ", ".join(f"{r}={n}" for r, n in reasons.items() if r not in ("bad_row", "duplicate_id", "opted_out"))
+        return f"every clip failed ({failed} of {n_clips}: {top})"
+    return None

@@ -103,3 +103,103 @@ def wait_for_deployments(names: list[str], timeout_s: float = 120):
         except ObjectNotFound:
             time.sleep(1)
     raise TimeoutError(f"{names} were not registered")
+
+
+def wait_for_log(path: Path, text: str, proc: subprocess.Popen, timeout_s: float = 240) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        assert proc.poll() is None, f"exited with {proc.returncode}:\n{path.read_text()[-3000:]}"
+        time.sleep(1)
+    raise TimeoutError(f"{text!r} not in {path} after {timeout_s:.0f}s:\n{path.read_text()[-3000:]}")
+
+
+def port_is_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def serve_with_server(tmp_path, *args: str) -> tuple[subprocess.Popen, int, Path, dict]:
+    """`voiceface serve --start-server` as `make serve` runs it, in a session of its own (like a terminal's
+    foreground group); returns the process, the server's port, its log and the environment."""
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    log = tmp_path / "serve.log"
+    cmd = [str(Path(sys.executable).with_name("voiceface")), "serve", "--start-server", "--port", str(port), *args]
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, port, log, env
+
+
+def assert_stops_cleanly(proc: subprocess.Popen, port: int, sig: int, log: Path) -> None:
+    """`sig` to the whole process group (what Ctrl-C in a terminal does): the runner and the server it started
+    both exit, status 0, within a minute, and the server's port is closed."""
+    os.killpg(proc.pid, sig)
+    try:
+        rc = proc.wait(timeout=90)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise AssertionError(f"still running 90 s after signal {sig}:\n{log.read_text()[-3000:]}") from None
+    assert rc == 0, log.read_text()[-3000:]
+    deadline = time.time() + 30
+    while port_is_open(port) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not port_is_open(port), "the Prefect server outlived `voiceface serve`"
+    assert "Prefect server stopped" in log.read_text()
+
+
+def test_a_scheduled_run_is_created_and_completes_and_ctrl_c_stops_serving(media, http_media, tmp_path):
+    """The scheduler of a real `prefect server start` creates runs of the served refresh on its interval, and
+    the runner executes one to Completed. (With SQLAlchemy 2.1 the scheduler failed every cycle and no run was
+    ever created, while the deployment still listed its schedule.)"""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    channels = tmp_path / "youtubers.csv"
+    channels.write_text(f"name,gender,channel_url\nalice,female,{write_feed(media, http_media, 'feed3.xml')}\n")
+    config = tmp_path / "no-review.yaml"
+    config.write_text("review:\n  queue_on_build: false\n")
+    out = tmp_path / "out"
+    args = ["--channels", str(channels), "--out", str(out), "--interval", "30", "--per-channel", "1"]
+    proc, port, log, env = serve_with_server(tmp_path, *args, "--config", str(config))
+    try:
+        wait_for_log(log, "trigger your deployments", proc)
+        only_refresh = DeploymentFilter(name=DeploymentFilterName(any_=["nightly-refresh"]))
+        runs, deadline = [], time.time() + 400
+        with temporary_settings({PREFECT_API_URL: f"http://127.0.0.1:{port}/api"}):
+            while time.time() < deadline:
+                with get_client(sync_client=True) as client:
+                    runs = client.read_flow_runs(
+                        deployment_filter=only_refresh, sort=FlowRunSort.EXPECTED_START_TIME_ASC, limit=20
+                    )
+                if any(r.state is not None and r.state.is_final() for r in runs):
+                    break
+                assert proc.poll() is None, log.read_text()[-3000:]
+                time.sleep(3)
+        assert runs, f"the scheduler created no run:\n{log.read_text()[-3000:]}"
+        assert all(r.auto_scheduled for r in runs)  # made by the scheduler, not triggered
+        first = next(r for r in runs if r.state is not None and r.state.is_final())
+        assert first.state.is_completed(), first.state
+        rows = [json.loads(line) for line in (out / "clips.jsonl").read_text().splitlines()]
+        assert [r["status"] for r in rows] == ["ok"]
+        assert list((out / "shards").glob("*.tar"))
+        assert "InvalidRequestError" not in log.read_text()
+        assert_stops_cleanly(proc, port, signal.SIGINT, log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_serve_with_its_own_server_stops_on_sigterm(tmp_path):
+    proc, port, log, _ = serve_with_server(tmp_path, "--out", str(tmp_path / "out"))
+    try:
+        wait_for_log(log, "trigger your deployments", proc)
+        assert port_is_open(port)
+        assert_stops_cleanly(proc, port, signal.SIGTERM, log)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -80,10 +80,57 @@ def test_a_crash_fails_its_task_and_the_run_finishes(manifest, prefect_harness, 
     assert summary["clips_crashed"] == 1
     got = statuses(out)
     assert got["c"][:2] == ("failed", "internal_error") and got["a"][0] == got["b"][0] == "ok"
+    # a bug fails the run in Prefect (not a green Completed), and the counts are in its artifact
+    assert summary["state"] == "FAILED" and "internal_error" in summary["failed_because"]
+    run = last_build_run()
+    assert run.state.is_failed() and "internal_error" in run.state.message
+    assert status_artifact(run) == {"rows": 3, "ok": 2, "rejected": 0, "failed": 1, "internal_error": 1}
     monkeypatch.setattr(pipeline.stages.decode, "decode_audio", real)
     again = run_build(manifest, out, workers=2)  # the crashed clip is redone once the bug is gone
     assert (again["clips_redone"], again["clips_cached"]) == (1, 2)
     assert statuses(out)["c"][:2] == ("rejected", "no_face")
+    assert again["state"] == "COMPLETED" and again["failed_because"] is None
+    assert last_build_run().state.is_completed()
+
+
+def last_build_run():
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    with get_client(sync_client=True) as client:
+        flows = FlowFilter(name=FlowFilterName(any_=["build-shards"]))
+        return client.read_flow_runs(flow_filter=flows, sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+
+
+def status_artifact(run) -> dict:
+    """The run's `build-status` table artifact as {status: clips}, read from the server's REST API."""
+    import httpx
+    from prefect.settings import PREFECT_API_URL
+
+    body = {"artifacts": {"key": {"any_": ["build-status"]}, "flow_run_id": {"any_": [str(run.id)]}}}
+    r = httpx.post(f"{PREFECT_API_URL.value()}/artifacts/filter", json={**body, "limit": 5, "offset": 0}, timeout=60)
+    r.raise_for_status()
+    (artifact,) = r.json()
+    data = json.loads(artifact["data"]) if isinstance(artifact["data"], str) else artifact["data"]
+    return {row["status"]: row["clips"] for row in data}
+
+
+def test_a_build_whose_every_clip_failed_fails_but_rejections_alone_do_not(media, prefect_harness, tmp_path):
+    gone = tmp_path / "gone.csv"
+    gone.write_text("source,id\nfile:nowhere/a.mp4,a\nfile:nowhere/b.mp4,b\nnot-a-row,bad id!\n")
+    summary = run_build(gone, tmp_path / "gone", workers=2)
+    assert summary["state"] == "FAILED" and summary["failed_because"].startswith("every clip failed (2 of 2")
+    run = last_build_run()
+    assert run.state.is_failed() and "file_not_found=2" in run.state.message
+    assert status_artifact(run) == {"rows": 3, "ok": 0, "rejected": 1, "failed": 2, "internal_error": 0}
+
+    rejected = tmp_path / "rejected.csv"
+    rejected.write_text(f"source,id\n{media.coffee},c\n{media.silence},s\nnot-a-row,bad id!\n")
+    summary = run_build(rejected, tmp_path / "rejected", workers=2)
+    assert (summary["clips_ok"], summary["clips_rejected"], summary["clips_failed"]) == (0, 3, 0)
+    assert summary["state"] == "COMPLETED" and summary["failed_because"] is None
+    assert last_build_run().state.is_completed()
 
 
 def test_dask_runner_matches_thread_runner(manifest, prefect_harness, tmp_path):

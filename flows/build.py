@@ -14,9 +14,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
-from prefect.states import Failed
+from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipeline import interrupt
 from pipeline.build import (
     BuildPlan,
     build_failure,
@@ -62,9 +63,13 @@ def ensure_youtube_limit(cfg: DownloadConfig) -> None:
 
 
 @task(name="clip", cache_policy=NO_CACHE)
-def clip_task(clip: Clip, ctx: BuildContext) -> ClipStatus:
-    # bad input comes back as a status; a bug raises, so this task run fails and shows in the UI
-    return run_clip(clip, ctx, download_gate=youtube_gate if clip.youtube_id else None)
+def clip_task(clip: Clip, ctx: BuildContext) -> ClipStatus | None:
+    # bad input comes back as a status; a bug raises, so this task run fails and shows in the UI; a clip abandoned
+    # because the run is stopping comes back as None (no status: the next run redoes it)
+    try:
+        return run_clip(clip, ctx, download_gate=youtube_gate if clip.youtube_id else None)
+    except interrupt.Interrupted:
+        return None
 
 
 def make_task_runner(runner: str, workers: int, address: str | None = None):
@@ -137,6 +142,7 @@ def build_shards(
     interrupted build and redoes only what is missing or out of date. Another run on the same OUT makes this
     one stop at once, naming it (or wait for it, with `wait_for_out`)."""
     logger = get_run_logger()
+    interrupt.take_signals()  # over the SIGTERM handler Prefect's engine has just installed
     cfg = load_config(config, preset)
     vgg_weights = vggface_weights(cfg.vggface)
     plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
@@ -144,10 +150,12 @@ def build_shards(
     if any(c.youtube_id for c in plan.todo):
         ensure_youtube_limit(cfg.download)
 
-    total, done, crashed = len(plan.todo), 0, 0
+    total, done, crashed, abandoned = len(plan.todo), 0, 0, 0
     # a bounded window of submitted futures keeps memory flat for long manifests
     window = max(1, workers) * 4
     for lo in range(0, total, window):
+        if interrupt.stopping.is_set():  # Ctrl-C or SIGTERM: no new clips
+            break
         batch = plan.todo[lo : lo + window]
         futures = {clip_task.submit(clip, plan.ctx): clip for clip in batch}
         for fut in as_completed(list(futures)):
@@ -158,11 +166,20 @@ def build_shards(
                 crashed += 1
                 logger.error("clip %s crashed:\n%s", clip.clip_id, "".join(traceback.format_exception(exc)))
                 status = record_crash(clip, plan.ctx, exc)
+            if status is None:  # abandoned by the stop: no status, the next run redoes it
+                abandoned += 1
+                continue
             done += 1
             note = f"{status.windows_written} windows" if status.status == "ok" else f"{status.reason}: {status.detail}"
             print(f"[{done}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s")
         del futures, batch
 
+    if interrupt.stopping.is_set():
+        message = (
+            f"interrupted: {done} of {total} clips finished, {abandoned} abandoned, {total - done - abandoned} not "
+            "started; the shards were left as they were. Run the same command again to resume."
+        )
+        return Cancelled(message=message, data={"interrupted": message, "clips_done": done})
     if vgg_weights is not None:
         vggface_stage(plan, vgg_weights)
     summary = finish_build(plan, prepare_review)
@@ -204,7 +221,8 @@ def status_counts(summary: dict) -> dict[str, int]:
 
 
 def result_of(state) -> dict:
-    """A build flow run's summary, whether it ended Completed or Failed; an exception it raised is raised."""
+    """A build flow run's summary, whether it ended Completed, Failed or Cancelled (interrupted); an exception it
+    raised is raised."""
     result = state.result(raise_on_failure=False)
     if isinstance(result, BaseException):
         raise result
@@ -226,7 +244,8 @@ def run_build(
     """Run the build flow on a bounded pool (Prefect's default thread pool is unbounded)."""
     workers = max(1, int(workers))
     flow_with_pool = build_shards.with_options(task_runner=make_task_runner(runner, workers, address))
-    with shared_prefect_api() if runner == "dask" else contextlib.nullcontext():
+    interrupt.stopping.clear()
+    with interrupt.graceful_stop(), shared_prefect_api():
         state = flow_with_pool(
             manifest=str(manifest),
             out=str(out),
@@ -245,9 +264,11 @@ def run_build(
 
 @contextlib.contextmanager
 def shared_prefect_api():
-    """Make Dask worker processes report to the flow's Prefect API. With no PREFECT_API_URL, each process
-    would start a temporary server of its own, and task states and the "youtube" rate limit would not be
-    shared; so start the temporary server here and hand its URL to the workers through the environment."""
+    """With no PREFECT_API_URL, start Prefect's temporary server here rather than let the flow start it: with
+    SIGINT blocked, so a Ctrl-C at the terminal (sent to the whole process group) stops the build gracefully
+    instead of killing the server under it; and hand its URL to Dask worker processes through the environment
+    (else each would start a server of its own, and task states and the "youtube" rate limit would not be
+    shared)."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     url = PREFECT_API_URL.value()
@@ -255,7 +276,8 @@ def shared_prefect_api():
         from prefect.server.api.server import SubprocessASGIServer
 
         server = SubprocessASGIServer()
-        server.start()  # stopped at exit (Prefect registers that), after the last logs are sent
+        with interrupt.sigint_blocked():  # the child inherits the blocked signal mask
+            server.start()  # stopped at exit (Prefect registers that), after the last logs are sent
         url = server.api_url
     before = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = url  # inherited by the LocalCluster's worker processes

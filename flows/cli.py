@@ -152,6 +152,9 @@ def _run(args: argparse.Namespace) -> int:
             summary = run_build(manifest, args.out, mirror=mirror, address=args.address, **pool)
     # bad clips are data (clips.jsonl), not a failed command; a clip that crashed on a bug, or a build in which
     # every clip failed, is (the same rule makes the Prefect run Failed)
+    if summary.get("interrupted"):
+        print(summary["interrupted"], file=sys.stderr)
+        return 130  # as a shell reports a command stopped by Ctrl-C
     if summary.get("failed_because"):
         print(f"build failed: {summary['failed_because']}", file=sys.stderr)
         return 1

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import PIPELINE_VERSION
+from . import PIPELINE_VERSION, interrupt
 from .config import SAMPLE_RATE, Config
 from .reasons import ClipError, Reason, is_final
 from .records import Clip, ClipStatus, FaceHit, SpeakerChoice, Verdict, samples_to_seconds, window_key
@@ -135,6 +135,7 @@ def read_status(ctx: BuildContext, clip_id: str) -> ClipStatus | None:
 def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None] | None = None) -> ClipStatus:
     """Chain the stages over one clip, writing its samples and its rejected windows. Raises ClipError."""
     cfg = ctx.cfg
+    interrupt.check()
     media = SourceStage(cfg.download, ctx.work / "sources", ctx.mirror, ctx.base_dir)(clip, download_gate)
     audio = decode_clip_audio(media, cfg)
     windows, rejected = SpeechStage(cfg.speech, cfg.filters)(audio)
@@ -167,6 +168,7 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
             (rejected if isinstance(o, Verdict) else hits).append(o)
 
     for frame in decode_frames(media, grid, *(av.context if av else (0.0, 0.0))):
+        interrupt.check()  # a stopping run abandons the clip here (the decoder is stopped, no status is written)
         if not frame.on_grid:  # a grey context frame, for the AV-sync score only
             take(av.push(frame))  # type: ignore[union-attr]
             continue

@@ -61,7 +61,7 @@ def check_not_killed(tool: str, returncode: int | None) -> None:
 def probe(path: Path) -> MediaInfo:
     """Streams and duration of a media file; ClipError corrupt_media / no_video if unusable."""
     cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(path)]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, start_new_session=True)  # see _decode
     check_not_killed("ffprobe", r.returncode)
     if r.returncode != 0:
         raise ClipError(Reason.CORRUPT_MEDIA, f"ffprobe: {_tail(r.stderr) or 'failed'}")
@@ -114,7 +114,7 @@ def decode_audio(path: Path, start_s: float, duration_s: float | None) -> np.nda
     # of the result is exactly start_s on the file's timeline
     cmd += ["-map", "0:a:0", "-vn", "-af", f"aresample={SAMPLE_RATE}:async=1:first_pts=0"]
     cmd += ["-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "s16le", "-acodec", "pcm_s16le", "pipe:1"]
-    r = subprocess.run(cmd, capture_output=True)
+    r = subprocess.run(cmd, capture_output=True, start_new_session=True)  # see _decode
     err = r.stderr.decode(errors="replace")
     check_not_killed("the audio decoder (ffmpeg)", r.returncode)
     if r.returncode != 0:
@@ -195,7 +195,9 @@ QUEUED_FRAMES = 16  # decoded frames waiting for the consumer: holds ffmpeg back
 def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
     """Run ffmpeg (`cmd` writes the grid frames to stdout; `ctx_output`, if any, the output options of the
     context frames); yield the grid frames (RGB) and the context frames (grey, from a second pipe) merged in
-    time order. A reader thread per pipe feeds one bounded queue, so ffmpeg never waits
+    time order. ffmpeg runs in a session of its own, so a Ctrl-C at the terminal reaches the build (which stops
+    it here, or lets it finish) and not the decoder under a clip. A reader thread per pipe feeds one bounded queue,
+    so ffmpeg never waits
     on a pipe nobody reads, whatever order it writes its two outputs in; each pipe is in time order, so a frame
     is released once the other pipe has reached its time (or ended)."""
     import heapq
@@ -206,10 +208,12 @@ def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
         ctx_r, ctx_w = os.pipe()
         # ffmpeg's "pipe:N" writes to its fd N; pass_fds keeps the number in the child
         cmd = [*cmd, *ctx_output, f"pipe:{ctx_w}"]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(ctx_w,))
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(ctx_w,), start_new_session=True
+        )
         os.close(ctx_w)
     else:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     times: dict[bytes, list[float]] = {b"grid": [], b"ctx": []}
     stderr_lines: list[bytes] = []
     cond = threading.Condition()

@@ -25,6 +25,16 @@ def digest(out: Path) -> dict[str, str]:
     return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in files}
 
 
+def shard_digest(out: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted((out / "shards").glob("*.tar"))}
+
+
+def untimed_rows(out: Path) -> list[dict]:
+    """clips.jsonl without the seconds each clip took."""
+    rows = [json.loads(x) for x in (out / "clips.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
 def summary_agrees(out: Path) -> None:
     """summary.json counts what shards/ and clips.jsonl hold."""
     s = json.loads((out / "summary.json").read_text())
@@ -252,3 +262,60 @@ def test_every_bad_row_is_one_bad_row_status_and_the_good_row_still_runs(media, 
     assert "at most 128" in by_line[3]["detail"] and "not UTF-8" in by_line[4]["detail"]
     assert "characters long" in by_line[5]["detail"] and "end=-3" in by_line[6]["detail"]
     assert "beyond any video" in by_line[7]["detail"] and "2 columns" in by_line[8]["detail"]
+
+
+# --- Ctrl-C and SIGTERM stop a build within seconds; the next run resumes -----------------------------------------
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_stops_the_build_in_seconds_and_the_next_run_resumes(media, tmp_path, sig):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.test_build import read_shards
+
+    n = 5
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("source,id,identity\n" + "".join(f"{media.moving},c{i},p{i % 2}\n" for i in range(n)))
+    voiceface = str(Path(sys.executable).parent / "voiceface")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+
+    def cmd(out):
+        return [voiceface, "build", str(manifest), "--out", str(out), "--workers", "1"]
+
+    out = tmp_path / "out"
+    # a session of its own, like a terminal's foreground job: the signal goes to the whole process group
+    proc = subprocess.Popen(cmd(out), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+    status_dir = out / ".work" / "clips"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(status_dir.glob("*.json")):
+        time.sleep(0.05)
+    t0 = time.time()
+    if sig == "SIGINT":  # Ctrl-C at a terminal: the whole foreground process group gets it
+        os.killpg(proc.pid, signal.SIGINT)
+    else:  # a supervisor or `kill PID`: the build's own process
+        proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    stopped_in = time.time() - t0
+    assert proc.returncode == 130, stderr[-3000:]
+    assert stopped_in < 20, f"took {stopped_in:.1f}s to stop"
+    assert "Traceback" not in stderr
+    said = [line for line in stderr.splitlines() if line.startswith("interrupted: ")]  # the CLI's own line
+    assert len(said) == 1 and said[0].endswith("Run the same command again to resume."), stderr[-2000:]
+    done = len(list(status_dir.glob("*.json")))
+    assert 1 <= done < n
+    statuses = [json.loads(p.read_text()) for p in status_dir.glob("*.json")]
+    assert all(s["status"] == "ok" for s in statuses)  # nothing recorded as a failure by the stop
+    # the next run redoes only what the stop left, and ends as a clean build does
+    r = subprocess.run(cmd(out), env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{n - done} new, {done} cached" in r.stdout + r.stderr
+    clean = tmp_path / "clean"
+    assert subprocess.run(cmd(clean), env=env, capture_output=True, timeout=600).returncode == 0
+    assert shard_digest(out) == shard_digest(clean) and untimed_rows(out) == untimed_rows(clean)
+    assert len({s["__key__"] for s in read_shards(out)}) == len(read_shards(out))

@@ -70,6 +70,9 @@ def clip_task(clip: Clip, ctx: BuildContext) -> ClipStatus | None:
         return run_clip(clip, ctx, download_gate=youtube_gate if clip.youtube_id else None)
     except interrupt.Interrupted:
         return None
+    except interrupt.DiskFull as err:  # the run stops; said once, in one line, by the flow
+        interrupt.stopping.set()
+        return str(err.strerror)
 
 
 def make_task_runner(runner: str, workers: int, address: str | None = None):
@@ -151,6 +154,7 @@ def build_shards(
         ensure_youtube_limit(cfg.download)
 
     total, done, crashed, abandoned = len(plan.todo), 0, 0, 0
+    disk_full = None
     # a bounded window of submitted futures keeps memory flat for long manifests
     window = max(1, workers) * 4
     for lo in range(0, total, window):
@@ -166,6 +170,9 @@ def build_shards(
                 crashed += 1
                 logger.error("clip %s crashed:\n%s", clip.clip_id, "".join(traceback.format_exception(exc)))
                 status = record_crash(clip, plan.ctx, exc)
+            if isinstance(status, str):  # the disk is full: stop, say so, resume after space is freed
+                disk_full = status
+                status = None
             if status is None:  # abandoned by the stop: no status, the next run redoes it
                 abandoned += 1
                 continue
@@ -174,6 +181,8 @@ def build_shards(
             print(f"[{done}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s")
         del futures, batch
 
+    if disk_full is not None:
+        return Failed(message=disk_full, data={"disk_full": disk_full, "clips_done": done})
     if interrupt.stopping.is_set():
         message = (
             f"interrupted: {done} of {total} clips finished, {abandoned} abandoned, {total - done - abandoned} not "
@@ -182,7 +191,13 @@ def build_shards(
         return Cancelled(message=message, data={"interrupted": message, "clips_done": done})
     if vgg_weights is not None:
         vggface_stage(plan, vgg_weights)
-    summary = finish_build(plan, prepare_review)
+    try:
+        summary = finish_build(plan, prepare_review)
+    except OSError as err:  # packing ran out of space: the old outputs stand (pipeline/commit.py)
+        if err.errno not in interrupt.DISK_FULL_ERRNOS:
+            raise
+        message = interrupt.disk_full_message(err)
+        return Failed(message=message, data={"disk_full": message, "clips_done": done})
     summary["clips_crashed"] = crashed
     failure = summary["failed_because"] = build_failure(summary, len(plan.manifest.clips))
     markdown = summary.pop("report_markdown")

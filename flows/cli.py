@@ -117,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     except OutLocked as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        from pipeline.interrupt import DISK_FULL_ERRNOS, disk_full_message
+
+        if err.errno not in DISK_FULL_ERRNOS:
+            raise
+        print(f"error: {disk_full_message(err)}", file=sys.stderr)
+        return 1
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -155,6 +162,9 @@ def _run(args: argparse.Namespace) -> int:
     if summary.get("interrupted"):
         print(summary["interrupted"], file=sys.stderr)
         return 130  # as a shell reports a command stopped by Ctrl-C
+    if summary.get("disk_full"):
+        print(f"error: {summary['disk_full']}", file=sys.stderr)
+        return 1
     if summary.get("failed_because"):
         print(f"build failed: {summary['failed_because']}", file=sys.stderr)
         return 1

@@ -95,13 +95,18 @@ def run_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None] | 
     `download_gate` is called before each download attempt (the flow passes a rate limiter)."""
     t0 = time.perf_counter()
     try:
-        status = process_clip(clip, ctx, download_gate)
-    except ClipError as err:
-        status = _status(clip, ctx, err.status, str(err.reason), err.detail, **err.extra)
-    finally:
-        if not ctx.cfg.download.keep_sources:
-            shutil.rmtree(ctx.download_dir(clip.clip_id), ignore_errors=True)
-    return _record(status, ctx, t0)
+        try:
+            status = process_clip(clip, ctx, download_gate)
+        except ClipError as err:
+            status = _status(clip, ctx, err.status, str(err.reason), err.detail, **err.extra)
+        finally:
+            if not ctx.cfg.download.keep_sources:
+                shutil.rmtree(ctx.download_dir(clip.clip_id), ignore_errors=True)
+        return _record(status, ctx, t0)
+    except OSError as err:  # a full disk is the run's problem, not the clip's: no status, the run stops
+        if err.errno in interrupt.DISK_FULL_ERRNOS and not isinstance(err, interrupt.DiskFull):
+            raise interrupt.DiskFull(err.errno, interrupt.disk_full_message(err)) from err
+        raise
 
 
 def record_crash(clip: Clip, ctx: BuildContext, exc: BaseException, seconds: float = 0.0) -> ClipStatus:

@@ -4,6 +4,7 @@ stops the process at once. Only the main thread installs the handlers; workers j
 
 from __future__ import annotations
 
+import errno
 import signal
 import sys
 import threading
@@ -15,6 +16,19 @@ stopping = threading.Event()
 
 class Interrupted(Exception):
     """A clip abandoned because the run is stopping (not a failure of the clip: it gets no status)."""
+
+
+class DiskFull(OSError):
+    """No space left where OUT is: the run stops (the clip gets no status), and a re-run after freeing space
+    finishes it."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_message(err: OSError) -> str:
+    where = f" writing {err.filename}" if getattr(err, "filename", None) else ""
+    return f"no space left on the device{where}: free some space and run the same command again (it resumes)"
 
 
 def check() -> None:

@@ -6,7 +6,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -123,8 +129,6 @@ def test_the_shard_directory_is_swapped_in_one_step(tmp_path):
 
 
 def test_a_second_writer_is_told_who_holds_out(tmp_path, capsys):
-    import subprocess
-    import sys
 
     out = tmp_path / "out"
     holder = subprocess.Popen(
@@ -165,8 +169,6 @@ def _clean_clip(media, tmp_path):
 
 
 def test_killing_the_audio_decoder_is_a_retryable_failure(media, tmp_path, monkeypatch):
-    import signal
-    import subprocess
 
     import pipeline.media
     from pipeline.clip import BuildContext, cached_status
@@ -193,11 +195,6 @@ def test_killing_the_audio_decoder_is_a_retryable_failure(media, tmp_path, monke
 
 
 def test_killing_the_frame_decoder_mid_clip_is_a_retryable_failure(media, tmp_path, monkeypatch):
-    import os
-    import signal
-    import subprocess
-    import threading
-    import time
 
     import pipeline.media
     import pipeline.stages.faces
@@ -269,11 +266,6 @@ def test_every_bad_row_is_one_bad_row_status_and_the_good_row_still_runs(media, 
 
 @pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
 def test_ctrl_c_stops_the_build_in_seconds_and_the_next_run_resumes(media, tmp_path, sig):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
     from tests.test_build import read_shards
 
@@ -319,3 +311,79 @@ def test_ctrl_c_stops_the_build_in_seconds_and_the_next_run_resumes(media, tmp_p
     assert subprocess.run(cmd(clean), env=env, capture_output=True, timeout=600).returncode == 0
     assert shard_digest(out) == shard_digest(clean) and untimed_rows(out) == untimed_rows(clean)
     assert len({s["__key__"] for s in read_shards(out)}) == len(read_shards(out))
+
+
+# --- a full disk: one line, and a re-run after freeing space equals a clean run -----------------------------------
+
+
+@pytest.mark.skipif(
+    not hasattr(__import__("os"), "geteuid") or __import__("os").geteuid() != 0, reason="mounts a tmpfs"
+)
+def test_a_full_disk_gives_one_line_and_a_rerun_after_freeing_space_equals_a_clean_run(media, tmp_path):
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1500k", "tmpfs", str(disk)]).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        manifest = tmp_path / "m.csv"
+        manifest.write_text("source,id,identity\n" + "".join(f"{media.moving},c{i},p{i % 2}\n" for i in range(4)))
+        voiceface = str(Path(sys.executable).parent / "voiceface")
+        env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        env.pop("PREFECT_API_URL", None)
+
+        def build_into(out):
+            cmd = [voiceface, "build", str(manifest), "--out", str(out), "--workers", "1"]
+            return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+        r = build_into(disk / "out")
+        assert r.returncode == 1, r.stderr[-3000:]
+        errors = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and "no space left on the device" in errors[0], r.stderr[-3000:]
+        assert "Traceback" not in r.stderr
+        statuses = [json.loads(p.read_text()) for p in (disk / "out" / ".work" / "clips").glob("*.json")]
+        assert all(s["status"] == "ok" for s in statuses)  # no clip recorded as failed by the full disk
+        # free space (a bigger disk), run again: the same as a clean build
+        subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+        r = build_into(disk / "out")
+        assert r.returncode == 0, r.stderr[-3000:]
+        clean = tmp_path / "clean"
+        assert build_into(clean).returncode == 0
+        assert shard_digest(disk / "out") == shard_digest(clean)
+        assert untimed_rows(disk / "out") == untimed_rows(clean)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+
+
+# --- two runs on one OUT --------------------------------------------------------------------------------------------
+
+
+def test_two_builds_on_one_out_the_second_is_refused_or_waits(media, tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("source,id,identity\n" + "".join(f"{media.moving},c{i},p{i % 2}\n" for i in range(3)))
+    voiceface = str(Path(sys.executable).parent / "voiceface")
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    out = tmp_path / "out"
+
+    def start(*extra):
+        cmd = [voiceface, "build", str(manifest), "--out", str(out), "--workers", "1", *extra]
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start()
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / ".lock").exists():
+        time.sleep(0.05)
+    time.sleep(0.5)
+    second = start()
+    _, err = second.communicate(timeout=120)
+    assert second.returncode == 2 and f"in use by pid {first.pid}" in err and "--wait" in err
+    waiting = start("--wait")  # queues behind the first, then finds everything done
+    assert first.wait(timeout=600) == 0
+    out_w, err_w = waiting.communicate(timeout=600)
+    assert waiting.returncode == 0 and "3 cached" in out_w + err_w
+    clean = tmp_path / "clean"
+    cmd = [voiceface, "build", str(manifest), "--out", str(clean), "--workers", "1"]
+    assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
+    assert shard_digest(out) == shard_digest(clean) and untimed_rows(out) == untimed_rows(clean)
+    assert not list(out.rglob("*.partial"))

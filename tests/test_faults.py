@@ -387,3 +387,22 @@ def test_two_builds_on_one_out_the_second_is_refused_or_waits(media, tmp_path):
     assert subprocess.run(cmd, env=env, capture_output=True, timeout=600).returncode == 0
     assert shard_digest(out) == shard_digest(clean) and untimed_rows(out) == untimed_rows(clean)
     assert not list(out.rglob("*.partial"))
+
+
+def test_moved_rows_get_their_new_line_and_leftover_partials_are_removed(media, tmp_path):
+    shutil.copy(media.moving, tmp_path / "moving.mp4")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("source,id,identity,start,end\nmoving.mp4,a,p,0,3\nmoving.mp4,b,p,3,6\n")
+    out = tmp_path / "out"
+    build(manifest, out, Config())
+    # rows move (and one is gone); a killed run of another process left half-written files behind
+    manifest.write_text("source,id,identity,start,end\n# a comment line\nmoving.mp4,b,p,3,6\n")
+    leftovers = [out / ".work" / "clips" / "a.tar.4242.partial", out / ".work" / "rejected" / "a.jsonl.4242.partial"]
+    for p in leftovers:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half")
+    summary = build(manifest, out, Config())
+    assert summary["clips_cached"] == 1
+    rows = [json.loads(x) for x in (out / "clips.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["line"]) for r in rows] == [("b", 3)]  # this manifest's line, not the first build's
+    assert not any(p.exists() for p in leftovers)

@@ -28,7 +28,17 @@ def make_video(path: Path, *, fps: str = "25", seconds: float = 4.2, codec: list
     vf = "geq=lum='22+13*mod(N,16)':cb=128:cr=128"
     if setpts:
         vf += f",setpts='{setpts}'"
-    cmd = ["ffmpeg", "-nostdin", "-y", "-v", "error", "-f", "lavfi", "-i", f"color=c=black:s={SIZE[0]}x{SIZE[1]}:r={fps}"]
+    cmd = [
+        "ffmpeg",
+        "-nostdin",
+        "-y",
+        "-v",
+        "error",
+        "-f",
+        "lavfi",
+        "-i",
+        f"color=c=black:s={SIZE[0]}x{SIZE[1]}:r={fps}",
+    ]
     cmd += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate={audio_rate}:duration={seconds + 1}"]
     if video_delay:
         cmd = cmd[:5] + ["-itsoffset", str(video_delay)] + cmd[5:]
@@ -62,8 +72,9 @@ def set_display_matrix(path: Path, degrees: int) -> None:
 
 def frame_times(path: Path) -> np.ndarray:
     """Every frame's pts (s) on the file's timeline, which starts at the container's start time (ffprobe)."""
-    r = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=start_time:frame=best_effort_timestamp_time",
-                        "-select_streams", "v:0", "-of", "json", str(path)], capture_output=True, text=True, check=True)  # fmt: skip
+    entries = "format=start_time:frame=best_effort_timestamp_time"
+    cmd = ["ffprobe", "-v", "error", "-show_entries", entries, "-select_streams", "v:0", "-of", "json", str(path)]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     data = json.loads(r.stdout)
     start = float(data["format"].get("start_time") or 0)
     return np.array(sorted(float(f["best_effort_timestamp_time"]) for f in data["frames"])) - start

@@ -31,6 +31,8 @@ class MediaInfo:
     has_video: bool
     audio_rate: int | None = None
     audio_channels: int | None = None
+    vfr: bool = False  # variable frame rate: the mean rate (fps) is below the stream's base rate
+    start: float = 0.0  # the container's start time (pts, s): time 0 of the file's timeline, for audio and video
 
 
 def require_ffmpeg() -> None:
@@ -84,11 +86,19 @@ def probe(path: Path) -> MediaInfo:
         has_video=w > 0 and h > 0,
         audio_rate=int(audio["sample_rate"]) if audio and audio.get("sample_rate") else None,
         audio_channels=int(audio["channels"]) if audio and audio.get("channels") else None,
+        vfr=_is_vfr(video),
+        start=float(info.get("format", {}).get("start_time") or 0.0),
     )
 
 
 def _is_cover(stream: dict) -> bool:
     return bool(stream.get("disposition", {}).get("attached_pic"))
+
+
+def _is_vfr(video: dict) -> bool:
+    """The mean frame rate differs from the base rate by more than 1 % (dropped or irregular frames)."""
+    avg, base = _rate(video.get("avg_frame_rate")), _rate(video.get("r_frame_rate"))
+    return bool(avg and base and abs(avg - base) > 0.01 * base)
 
 
 def _rate(text: str | None) -> float:
@@ -107,7 +117,10 @@ def _rotation(stream: dict) -> int:
 
 def decode_audio(path: Path, start_s: float, duration_s: float | None) -> np.ndarray:
     """Audio of [start_s, start_s + duration_s) of the file as 16 kHz mono int16, any input layout."""
-    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-ss", f"{start_s:.6f}", "-i", str(path)]
+    # no seek from the start: a seek goes to the video's first keyframe and skips the audio before it, which
+    # loses audio where the video starts after it
+    seek = ["-ss", f"{start_s:.6f}"] if start_s > 0 else []
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", *seek, "-i", str(path)]
     if duration_s is not None:
         cmd += ["-t", f"{duration_s:.6f}"]
     # first_pts=0 pads with silence if the audio stream starts after the seek point, so sample 0
@@ -124,7 +137,9 @@ def decode_audio(path: Path, start_s: float, duration_s: float | None) -> np.nda
     return np.frombuffer(r.stdout, dtype="<i2").copy()
 
 
-_PTS_RE = re.compile(rb"\[showinfo@(\w+) @[^]]*\].*?\bn:\s*(\d+)\s+pts:\s*-?\d+\s+pts_time:(-?[0-9.e+-]+)")
+_PTS_RE = re.compile(rb"\[showinfo@(\w+) @[^]]*\].*?\bn:\s*(\d+)\s+pts:\s*(-?\d+)\s+pts_time:")
+# showinfo's pts_time has 6 significant digits (1 ms at 1000 s): times come from the integer pts and the time base
+_TB_RE = re.compile(rb"\[showinfo@(\w+) @[^]]*\] config in time_base: (\d+)/(\d+)")
 
 
 @dataclass(frozen=True)
@@ -144,6 +159,7 @@ def decode_frames_on_grid(
     count: int,
     context_s: float = 0.0,
     context_step_s: float = 0.0,
+    context_scale: float = 1.0,
 ) -> Iterator[DecodedFrame]:
     """The frames shown at times start_s + first_s + k*period_s, k < count, from one ffmpeg process.
 
@@ -157,49 +173,108 @@ def decode_frames_on_grid(
     """
     if count <= 0:
         return
+    got = 0
+    for frame in _frames_on_grid(path, info, start_s, first_s, period_s, count, context_s, context_step_s,
+                                 context_scale, seek=True):  # fmt: skip
+        got += 1
+        yield frame
+    if got == 0:  # some demuxers (MPEG-TS) give no frame after a seek with -copyts: read from the start
+        yield from _frames_on_grid(path, info, start_s, first_s, period_s, count, context_s, context_step_s,
+                                   context_scale, seek=False)  # fmt: skip
+
+
+def _frames_on_grid(path, info, start_s, first_s, period_s, count, context_s, context_step_s, context_scale, seek):
     d = 1.0 / (info.fps or 25.0)
-    c0, p, h = first_s, period_s, context_s / 2
-    on_grid_end = c0 + (count - 0.5) * p
-    grid = f"gt(floor((t+{d:.9f}-{c0:.9f})/{p:.9f}),floor((t-{c0:.9f})/{p:.9f}))*lt(t,{on_grid_end:.9f})"
-    end = c0 + count * p + d
+    p, h = period_s, context_s / 2
+    # a frame's time on screen: the mean frame duration; twice that in variable frame rate video, so that gaps
+    # between frames up to twice the mean are covered by the frame before them (the later of two frames
+    # claiming a grid time wins: exact)
+    d_on = 2 * d if info.vfr else d
+    # -copyts: the filters see each frame's own pts, so grid times are pts (the file's timeline + its start);
+    # the seek starts a little early, so the frame on screen at the first grid time is not dropped by it
+    seek = max(0.0, start_s + first_s - max(h, d_on) - 0.1) if seek else 0.0
+    c0 = info.start + start_s + first_s
+    grid = grid_select(d_on, c0, p, count)
+    end = start_s + first_s - seek + count * p + d
     if h > 0:
-        end = max(end, c0 + (count - 1) * p + h + d)
+        end = max(end, start_s + first_s - seek + (count - 1) * p + h + d)
     # one decoder thread: clips run in parallel already, and frame threading costs CPU time for nothing;
     # -t, -an and -sn before -i: only that much of the video is read
-    head = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-threads", "1", "-ss", f"{start_s:.6f}"]
+    head = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "info", "-threads", "1", "-copyts", "-ss", f"{seek:.6f}"]
     head += ["-t", f"{end:.6f}", "-an", "-sn", "-i", str(path)]
     raw = ["-fps_mode", "passthrough", "-f", "rawvideo"]
     grid_output = ["-map", "[grid]", *raw, "-pix_fmt", "rgb24", "pipe:1"]
+    slot = _grid_slot(d_on, c0, p, count)
     if h <= 0:
         graph = f"[0:v:0]select='{grid}',showinfo@grid=checksum=0[grid]"
-        yield from _decode([*head, "-filter_complex", graph, *grid_output], None, info, start_s, c0, p, d)
+        yield from _decode([*head, "-filter_complex", graph, *grid_output], None, info, -info.start, slot, c0, p, d)
         return
     m = f"(t+{d / 2:.9f}-{c0:.9f})"  # the frame's middle, from the first grid time
     near = f"lt(abs({m}-{p:.9f}*round({m}/{p:.9f})),{h:.9f})*gte({m},-{h:.9f})*lt({m},{(count - 1) * p + h:.9f})"
     if context_step_s > d:  # frames holding a point of the grid time's own sub-grid of step context_step_s
         u, q = f"(t-{c0:.9f}-{p:.9f}*round({m}/{p:.9f}))", f"{context_step_s:.9f}"
         near += f"*gt(floor(({u}+{d:.9f})/{q}),floor({u}/{q}))"
+    if context_scale < 1.0:  # a smaller luma plane: a third of the pixels to move and to read the mouth in
+        shrink = f",scale=w=2*trunc(iw*{context_scale:.4f}/2):h=2*trunc(ih*{context_scale:.4f}/2):flags=area"
+    else:
+        shrink = ""
     graph = (
         f"[0:v:0]select='max({grid},{near})',split=2[a][b];"
         f"[a]select='{grid}',showinfo@grid=checksum=0[grid];"
         # the luma plane as it is (a swscale conversion to grey would cost ~0.5 ms a frame)
-        f"[b]select='{near}',showinfo@ctx=checksum=0,format=pix_fmts=yuv420p|yuvj420p,extractplanes=y[ctx]"
+        f"[b]select='{near}',showinfo@ctx=checksum=0,format=pix_fmts=yuv420p|yuvj420p,extractplanes=y{shrink}[ctx]"
     )
     ctx_output = ["-map", "[ctx]", *raw, "-pix_fmt", "gray"]  # _decode adds the pipe it goes to
-    yield from _decode([*head, "-filter_complex", graph, *grid_output], ctx_output, info, start_s, c0, p, d)
+    ctx_wh = context_size(info, context_scale)
+    cmd = [*head, "-filter_complex", graph, *grid_output]
+    yield from _decode(cmd, ctx_output, info, -info.start, slot, c0, p, d, ctx_wh)
+
+
+GRID_EPS_S = 1e-4  # grid times this close before a frame's pts count as on that frame (float and pts rounding)
+
+
+def grid_select(d: float, c0: float, p: float, count: int) -> str:
+    """ffmpeg select expression: the frame on screen at a grid time c0 + k*p, k < count.
+
+    A frame is taken to be on screen from its pts t to t + d (d: the nominal frame duration); when the previous
+    frame's interval ended before t (a gap in variable frame rate video) the frame also covers the gap, so no
+    grid time falls between two frames; the first frame also covers the frame duration before it. Grid times
+    on a frame's pts (30 fps and a 0.5 s grid) belong to that frame: the bounds carry GRID_EPS_S, never a float
+    tie. A grid time is in [lo, hi) iff ceil((hi - c0)/p) > ceil((lo - c0)/p)."""
+    e = GRID_EPS_S
+    lo = f"(if(isnan(prev_t),t-{d:.9f},min(t,prev_t+{d:.9f}))-{e})"
+    hi = f"(t+{d:.9f}-{e})"
+    return f"gt(min({count},ceil(({hi}-{c0:.9f})/{p:.9f})),max(0,ceil(({lo}-{c0:.9f})/{p:.9f})))"
+
+
+def _grid_slot(d: float, c0: float, p: float, count: int):
+    """The grid index a selected frame at filter time t stands for: the last grid time before its interval's end."""
+
+    def slot(t: float) -> int:
+        return min(count, int(np.ceil((t + d - GRID_EPS_S - c0) / p))) - 1
+
+    return slot
+
+
+def context_size(info: MediaInfo, scale: float) -> tuple[int, int]:
+    """(width, height) of the context frames' luma plane at `scale` (ffmpeg's even sizes)."""
+    if scale >= 1.0:
+        return info.width, info.height
+    return 2 * int(info.width * round(scale, 4) / 2), 2 * int(info.height * round(scale, 4) / 2)
 
 
 QUEUED_FRAMES = 16  # decoded frames waiting for the consumer: holds ffmpeg back, so memory stays flat
 
 
-def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
+def _decode(cmd, ctx_output, info, shift_s, slot, c0, p, d, ctx_wh=None) -> Iterator[DecodedFrame]:
     """Run ffmpeg (`cmd` writes the grid frames to stdout; `ctx_output`, if any, the output options of the
     context frames); yield the grid frames (RGB) and the context frames (grey, from a second pipe) merged in
     time order. ffmpeg runs in a session of its own, so a Ctrl-C at the terminal reaches the build (which stops
     it here, or lets it finish) and not the decoder under a clip. A reader thread per pipe feeds one bounded queue,
     so ffmpeg never waits
     on a pipe nobody reads, whatever order it writes its two outputs in; each pipe is in time order, so a frame
-    is released once the other pipe has reached its time (or ended)."""
+    is released once the other pipe has reached its time (or ended). A grid frame is held until the next one:
+    in variable frame rate video two frames can claim one grid time, and the later one is the frame shown."""
     import heapq
     import queue
 
@@ -215,6 +290,7 @@ def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
     else:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     times: dict[bytes, list[float]] = {b"grid": [], b"ctx": []}
+    time_base: dict[bytes, float] = {}
     stderr_lines: list[bytes] = []
     cond = threading.Condition()
     finished = [False]
@@ -224,9 +300,12 @@ def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
     def read_stderr():
         for line in proc.stderr:  # type: ignore[union-attr]
             m = _PTS_RE.search(line)
+            tb = None if m else _TB_RE.search(line)
             with cond:
                 if m:
-                    times[m.group(1)].append(float(m.group(3)))
+                    times[m.group(1)].append(int(m.group(3)) * time_base[m.group(1)])
+                elif tb:
+                    time_base[tb.group(1)] = int(tb.group(2)) / int(tb.group(3))
                 else:
                     stderr_lines.append(line)
                 cond.notify_all()
@@ -266,7 +345,8 @@ def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
     ctx_file = None
     if ctx_r is not None:
         ctx_file = os.fdopen(ctx_r, "rb")  # buffered: read(n) returns n bytes unless the pipe ended  # type: ignore[arg-type]
-        readers[b"ctx"] = threading.Thread(target=read_frames, args=(ctx_file, b"ctx", w * h, (h, w)))
+        cw, ch = ctx_wh or (w, h)
+        readers[b"ctx"] = threading.Thread(target=read_frames, args=(ctx_file, b"ctx", cw * ch, (ch, cw)))
     threads = [threading.Thread(target=read_stderr), *readers.values()]
     for th in threads:
         th.daemon = True
@@ -275,10 +355,23 @@ def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
     last = {stream: -np.inf for stream in readers}  # the latest time each pipe has delivered (inf: ended)
     pending: list = []  # heap of (time, seq, stream, frame) waiting for the other pipe
     seq = 0
+    held = None  # the latest grid frame: (slot, time, frame)
     try:
         while any(v != np.inf for v in last.values()):
             stream, t, frame = frames.get()
-            if t is None:
+            if stream == b"grid":
+                k = slot(t) if t is not None else None
+                if held is not None and k == held[0]:
+                    held = (k, t, frame)  # the same grid time: the later frame is the one on screen
+                    continue
+                if held is not None:
+                    heapq.heappush(pending, (held[1], seq, stream, (held[0], held[2])))
+                    seq += 1
+                    last[stream] = held[1]
+                held = (k, t, frame) if t is not None else None
+                if t is None:
+                    last[stream] = np.inf
+            elif t is None:
                 last[stream] = np.inf
             else:
                 last[stream] = t
@@ -288,9 +381,9 @@ def _decode(cmd, ctx_output, info, start_s, c0, p, d) -> Iterator[DecodedFrame]:
                 t, _, stream, frame = heapq.heappop(pending)
                 if stream == b"grid":
                     n += 1
-                    yield DecodedFrame(int(np.floor((t + d - c0) / p)), start_s + t, frame, True)
+                    yield DecodedFrame(frame[0], round(shift_s + t, 6), frame[1], True)
                 else:
-                    yield DecodedFrame(int(np.round((t + d / 2 - c0) / p)), start_s + t, frame, False)
+                    yield DecodedFrame(int(np.round((t + d / 2 - c0) / p)), round(shift_s + t, 6), frame, False)
     finally:
         stop.set()
         we_killed = proc.poll() is None  # the consumer stopped early: ffmpeg still running is ours to end

@@ -124,3 +124,18 @@ def test_real_voices_pass_the_vad():
         shares += list(speech_shares(audio, [w.start for w in kept], 16000))
     # the neural VAD (music and noise rejection) calls real voices speech
     assert np.mean(np.array(shares) >= FilterConfig().min_neural_speech) >= 0.95, shares
+
+
+def test_the_music_noise_filter_keeps_real_speech_and_drops_music_and_noise():
+    """Real voices (a child, a loud restaurant, an interview, VoxCeleb): at most 5 % of the speech windows webrtcvad
+    keeps are rejected as music_or_noise; music and steady noise all are (benchmarks/bench_speech_real.py)."""
+    from benchmarks.bench_speech_real import NEGATIVES, lavfi, real_windows
+    from pipeline.config import FilterConfig
+    from pipeline.models.neural_vad import speech_shares
+
+    threshold = FilterConfig().min_neural_speech
+    shares = np.concatenate([speech_shares(a, s, 16000) for _, a, s in real_windows() if s])
+    assert len(shares) >= 90 and np.mean(shares < threshold) <= 0.05, np.round(shares, 2)
+    for expr in NEGATIVES.values():
+        noise = lavfi(expr)
+        assert speech_shares(noise, range(0, len(noise) - 16000 + 1, 16000), 16000).max() < threshold

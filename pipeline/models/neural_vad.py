@@ -45,8 +45,9 @@ def _model():
     return _local.model
 
 
-def speech_shares(audio: np.ndarray, starts, window: int) -> np.ndarray:
-    """For each window audio[s : s + window], the share of its 32 ms chunks that Silero VAD calls speech."""
+def speech_shares(audio: np.ndarray, starts, window: int, prob: float = SPEECH_PROB) -> np.ndarray:
+    """For each window audio[s : s + window], the share of its 32 ms chunks whose Silero VAD speech probability
+    reaches `prob`."""
     import torch
 
     starts = list(starts)
@@ -60,5 +61,5 @@ def speech_shares(audio: np.ndarray, starts, window: int) -> np.ndarray:
         with torch.inference_mode():
             model.reset_states()
             probs = model.audio_forward(torch.from_numpy(batch), 16000).numpy()
-        out[lo : lo + len(batch)] = (probs >= SPEECH_PROB).mean(axis=1)
+        out[lo : lo + len(batch)] = (probs >= prob).mean(axis=1)
     return out

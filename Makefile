@@ -50,9 +50,15 @@ bench: setup
 
 ## train: MODEL=wav2pix|speech2face|voice2face|cae SHARDS=dir RUN=dir [STEPS=N] [TRAIN_CONFIG=tiny] (resumes RUN/checkpoint.pt)
 MODEL ?= wav2pix
-SHARDS ?= $(OUT)
+# voice2face and cae read utterance voices (utt.npy), which their presets add: without SHARDS, they train on the
+# demo built with their preset (made on first use)
+PRESET_MODELS := voice2face cae
+SHARDS ?= $(if $(filter $(MODEL),$(PRESET_MODELS)),out/demo-$(MODEL),$(OUT))
 RUN ?= out/runs/$(MODEL)
 train: setup
+	@if [ "$(origin SHARDS)" = "file" ] && [ -n "$(filter $(MODEL),$(PRESET_MODELS))" ] && [ ! -d $(SHARDS)/shards ]; then \
+	  echo "building the demo with the $(MODEL) preset into $(SHARDS)"; \
+	  $(BIN)/voiceface demo --preset $(MODEL) --out $(SHARDS) --workers $(WORKERS); fi
 	$(BIN)/voiceface train --model $(MODEL) --shards $(SHARDS) --run $(RUN) $(if $(STEPS),--steps $(STEPS)) $(if $(TRAIN_CONFIG),--config $(TRAIN_CONFIG))
 
 ## eval: the seeds' metrics for RUN on SHARDS' val split → RUN/eval.json, RUN/eval.html

@@ -47,10 +47,14 @@ def _handle(signum, frame) -> None:
     print(STOP_MESSAGE, file=sys.stderr, flush=True)
 
 
+_active = threading.Event()  # inside graceful_stop: the command asked for graceful stops
+
+
 def take_signals() -> None:
-    """Make SIGINT and SIGTERM ask for a graceful stop (from the main thread only). Called again inside the flow,
-    because Prefect's flow engine installs a SIGTERM handler of its own when a run starts."""
-    if threading.current_thread() is threading.main_thread():
+    """Make SIGINT and SIGTERM ask for a graceful stop, when the command asked for it (`graceful_stop`) and from
+    the main thread only. Called again inside the flow, because Prefect's flow engine installs a SIGTERM handler
+    of its own when a run starts. Flow runs that Prefect's runner started (deployments) keep Prefect's handling."""
+    if _active.is_set() and threading.current_thread() is threading.main_thread():
         for s in SIGNALS:
             signal.signal(s, _handle)
 
@@ -63,10 +67,12 @@ def graceful_stop() -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    _active.set()
     take_signals()
     try:
         yield
     finally:
+        _active.clear()
         for s, h in previous.items():
             signal.signal(s, h)
 

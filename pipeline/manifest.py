@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from .reasons import Reason
+from .reasons import InputError, Reason
 from .records import Clip, ClipStatus, seconds_to_samples
 
 CLIP_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -173,10 +173,14 @@ def is_opted_out(clip: Clip, optout: set[str]) -> bool:
 def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
     """Parse a manifest; every row ends up either in .clips or in .rejected."""
     optout = optout or set()
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        # reader.line_num is the physical line a record ends on, which is what an editor shows
-        numbered = [(reader.line_num, r) for r in reader]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f)
+            # reader.line_num is the physical line a record ends on, which is what an editor shows
+            numbered = [(reader.line_num, r) for r in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise InputError(f"manifest {path}: {why}") from None
     numbered = [(n, r) for n, r in numbered if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     manifest = Manifest()
     if not numbered:
@@ -186,7 +190,8 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
         header = [c.strip().lower() for c in numbered[0][1]]
         unknown = set(header) - set(GENERIC_COLUMNS)
         if unknown:
-            raise ValueError(f"{path}: unknown column(s) {sorted(unknown)}; known: {', '.join(GENERIC_COLUMNS)}")
+            known = ", ".join(GENERIC_COLUMNS)
+            raise InputError(f"manifest {path}: unknown column(s) {sorted(unknown)}; known: {known}")
         body = numbered[1:]
     else:
         manifest.format = "avspeech"

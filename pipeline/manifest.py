@@ -56,6 +56,39 @@ def youtube_id_of(source: str) -> str | None:
     return vid if YOUTUBE_ID_RE.match(vid or "") else None
 
 
+SOURCE_PREFIXES = ("file:", "yt:")
+BARE_ID_RULE = "a bare 11-character name: a local file of that name if there is one, else a YouTube id"
+
+
+def classify_source(source: str) -> tuple[str, str, str]:
+    """(kind, value, rule): what a manifest `source` names, with the prefix removed, and the rule that said so.
+
+    Explicit: `yt:ID` (or `yt:` + a YouTube URL) is a YouTube video, `file:PATH` (or a `file://` URL) a local file,
+    `http(s)://…` a URL (a youtube.com / youtu.be one is a YouTube video). Unprefixed names keep their old
+    meaning: a bare 11-character name of A-Z a-z 0-9 _ - is a local file when one exists, else a YouTube id;
+    anything else is a local path."""
+    if source.startswith("yt:"):
+        value = source[3:].strip()
+        vid = youtube_id_of(value)
+        if vid is None:
+            raise RowError(f"source {source!r}: yt: must be followed by an 11-character YouTube id or a YouTube URL")
+        return "youtube", vid, "yt: prefix"
+    if source.startswith("file://"):
+        return "file", urlparse(source).path, "file:// URL"
+    if source.startswith("file:"):
+        value = source[5:].strip()
+        if not value:
+            raise RowError("source 'file:' names no file")
+        return "file", value, "file: prefix"
+    if urlparse(source).scheme in ("http", "https"):
+        if youtube_id_of(source):
+            return "youtube", source, "YouTube URL"
+        return "url", source, "http(s) URL"
+    if YOUTUBE_ID_RE.match(source):
+        return "youtube", source, BARE_ID_RULE
+    return "file", source, "a local path (no prefix, not an 11-character id)"
+
+
 def sanitize_id(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "clip"
 
@@ -120,7 +153,8 @@ def parse_avspeech_row(row: list[str], line: int) -> Clip:
     if fx is None:
         raise RowError("x and y are required")
     clip_id = f"{yid}_{int(round(s * 1000))}"
-    return _clip(line, yid, clip_id, yid, s, e, fx, fy, None, yid)
+    clip = _clip(line, yid, clip_id, yid, s, e, fx, fy, None, yid)
+    return dataclasses.replace(clip, source_kind="youtube", source_rule="AVSpeech row (YouTube id)")
 
 
 def parse_generic_row(row: dict[str, str], line: int) -> Clip:
@@ -128,12 +162,13 @@ def parse_generic_row(row: dict[str, str], line: int) -> Clip:
     source = get("source")
     if not source:
         raise RowError("source is empty")
+    kind, source, rule = classify_source(source)
     s, e = _times(get("start"), get("end"))
     fx, fy = _hint(get("x"), get("y"))
     split = get("split") or None
     if split is not None and split not in SPLITS:
         raise RowError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-    yid = youtube_id_of(source)
+    yid = youtube_id_of(source) if kind == "youtube" else None
     clip_id = get("id")
     if clip_id:
         if not CLIP_ID_RE.match(clip_id):
@@ -144,7 +179,7 @@ def parse_generic_row(row: dict[str, str], line: int) -> Clip:
         clip_id = f"{sanitize_id(stem)[:40]}-{digest}"
     identity = get("identity") or (yid or sanitize_id(Path(urlparse(source).path).stem))
     clip = _clip(line, source, clip_id, identity, s, e, fx, fy, split, yid)
-    return dataclasses.replace(clip, gender=get("gender") or None)
+    return dataclasses.replace(clip, gender=get("gender") or None, source_kind=kind, source_rule=rule)
 
 
 def _is_generic_header(first: list[str]) -> bool:
@@ -226,6 +261,12 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
             continue
         manifest.clips.append(clip)
     _spread_split_overrides(manifest)
+    bare = [c for c in manifest.clips if c.source_rule == BARE_ID_RULE]
+    if bare:
+        manifest.warnings.append(
+            f"{len(bare)} source(s) are bare 11-character names (line {bare[0].line}: {bare[0].source!r}), used as a "
+            "local file when one exists, else downloaded as YouTube ids; write yt:ID or file:PATH to say which"
+        )
     return manifest
 
 

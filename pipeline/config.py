@@ -309,6 +309,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "filters.max_yaw_deg": (0, 180),
     "filters.max_pitch_deg": (0, 180),
     "filters.min_snr_db": (None, None),  # a negative floor turns the filter off
+    "filters.min_det_score": (None, None),  # HOG scores can be negative: a negative floor keeps every detection
+    "review.min_det_score": (None, None),
     "shards.maxcount": (1, None),
     "shards.maxsize": (1, None),
     "shards.val_fraction": (0, 1),

@@ -92,7 +92,36 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run a command; an everyday mistake (a wrong path, a bad config value, no ffmpeg) is one line on stderr
+    and exit status 2, never a traceback."""
+    from pipeline.reasons import InputError
+
+    try:
+        return _run(_parser().parse_args(argv))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def check_build_inputs(manifest, out, mirror, config, preset) -> None:
+    """What a build needs, checked before Prefect starts (inside a flow a mistake becomes a logged traceback)."""
+    from pipeline.config import load_config
+    from pipeline.manifest import read_manifest
+    from pipeline.media import require_ffmpeg
+    from pipeline.reasons import InputError
+
+    require_ffmpeg()
+    if not Path(manifest).is_file():
+        raise InputError(f"manifest {manifest}: no such file")
+    if mirror and not Path(mirror).is_dir():
+        raise InputError(f"mirror {mirror}: no such directory")
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"--out {out} is a file, not a directory")
+    load_config(config, preset)
+    read_manifest(manifest)  # the header's columns; bad rows are data, not errors
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         from flows.deployments import serve_deployments
 
@@ -144,11 +173,15 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.command == "demo":
         from pipeline.demo.media import make_demo_media
+        from pipeline.media import require_ffmpeg
+
+        require_ffmpeg()
 
         make_demo_media(Path(args.media))
         manifest, mirror = DEMO_MANIFEST, args.media
     else:
         manifest, mirror = args.manifest, args.mirror
+    check_build_inputs(manifest, args.out, mirror, args.config, args.preset)
     with out_lock(args.out, f"voiceface {args.command}", wait=args.wait):
         summary = finish_if_all_cached(manifest, args.out, mirror, args.config, args.optout, args.preset)
         if summary is None:

@@ -14,13 +14,22 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from .reasons import InputError
+
 SAMPLE_RATE = 16000  # every window is 16 kHz mono int16; this is not a setting
+
+
+class ConfigError(InputError):
+    """A config mistake; the message names the key."""
 
 
 @dataclass(frozen=True)
@@ -213,22 +222,33 @@ class Config:
         sections = {f.name: f.type for f in dataclasses.fields(cls) if f.name != "preset"}
         unknown = set(data) - set(sections)
         if unknown:
-            raise ValueError(f"unknown config section(s) {sorted(unknown)}; valid: {sorted(sections)}, preset")
+            raise ConfigError(f"unknown config section(s) {sorted(unknown)}; valid: {sorted(sections)}, preset")
         if preset is not None and preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
+            raise ConfigError(f"unknown preset {preset!r}; valid: {', '.join(sorted(PRESETS))}")
         base = PRESETS.get(preset, {}) if preset else {}
         kwargs: dict = {"preset": preset}
         for f in dataclasses.fields(cls):
             if f.name == "preset":
                 continue
             stage_cls = f.default_factory  # type: ignore[misc]
+            if not isinstance(data.get(f.name) or {}, dict):
+                raise ConfigError(f"config section {f.name!r} must be a mapping of keys, not {data[f.name]!r}")
             values = {**base.get(f.name, {}), **(data.get(f.name) or {})}
             valid = {sf.name for sf in dataclasses.fields(stage_cls)}
             bad = set(values) - valid
             if bad:
-                raise ValueError(f"unknown key(s) {sorted(bad)} in config section {f.name!r}; valid: {sorted(valid)}")
+                raise ConfigError(f"unknown key(s) {sorted(bad)} in config section {f.name!r}; valid: {sorted(valid)}")
             values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}  # frozen: no lists
-            kwargs[f.name] = stage_cls(**values)
+            hints = typing.get_type_hints(stage_cls)
+            for key, value in values.items():
+                check_value(f"{f.name}.{key}", value, hints[key])
+            try:
+                kwargs[f.name] = stage_cls(**values)
+            except ValueError as err:  # a stage's own cross-field checks
+                raise ConfigError(str(err)) from None
+        sh = kwargs["shards"]
+        if sh.val_fraction + sh.test_fraction >= 1:
+            raise ConfigError("shards.val_fraction + shards.test_fraction must be below 1 (the rest is train)")
         return cls(**kwargs)
 
     def clip_hash(self) -> str:
@@ -245,14 +265,28 @@ class Config:
 
 
 def load_config(path: str | Path | None, preset: str | None = None) -> Config:
-    """Read a YAML config file (None: the defaults) over a preset (this argument wins over the file's key)."""
+    """Read a YAML config file (None: the defaults) over a preset (this argument wins over the file's key).
+    Every mistake (no such file, bad YAML, an unknown key, a value of the wrong type or out of range) is a
+    ConfigError that names the file and the key."""
     if path is None:
         return Config.from_dict({}, preset)
-    with open(path) as f:
-        data = yaml.safe_load(f)
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except OSError as err:
+        raise ConfigError(f"config file {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            f"config file {path}{where}: not valid YAML ({getattr(err, 'problem', None) or err})"
+        ) from None
     if data is not None and not isinstance(data, dict):
-        raise ValueError(f"{path}: a config file must be a mapping of stage sections")
-    return Config.from_dict(data, preset)
+        raise ConfigError(f"{path}: a config file must be a mapping of stage sections")
+    try:
+        return Config.from_dict(data, preset)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def resolve_weights(cfg: VGGFaceConfig) -> str | None:
@@ -266,3 +300,78 @@ def resolve_weights(cfg: VGGFaceConfig) -> str | None:
         where = f"${VGGFACE_WEIGHTS_ENV}" if source == "env" else source
         raise FileNotFoundError(f"VGG-Face weights {path} (from {where}) not found")
     return path
+
+
+# Allowed ranges (inclusive) of numeric settings; every other number must be finite and >= 0.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "download.max_height": (1, None),
+    "speech.window_samples": (400, None),  # at least one 25 ms analysis frame
+    "speech.vad_aggressiveness": (0, 3),
+    "speech.min_speech_ratio": (0, 1),
+    "faces.crop_size": (16, None),
+    "faces.embed_batch": (1, None),
+    "faces.jpeg_quality": (1, 100),
+    "faces.max_upsample": (0, 4),
+    "faces.detect_face_px": (20, None),
+    "filters.max_out_of_frame": (0, 1),
+    "filters.max_clipping": (0, 1),
+    "filters.min_neural_speech": (0, 1),
+    "filters.min_av_sync": (-1, 1),
+    "filters.max_yaw_deg": (0, 180),
+    "filters.max_pitch_deg": (0, 180),
+    "filters.min_snr_db": (None, None),  # a negative floor turns the filter off
+    "filters.min_det_score": (None, None),  # HOG scores can be negative: a negative floor keeps every detection
+    "review.min_det_score": (None, None),
+    "shards.maxcount": (1, None),
+    "shards.maxsize": (1, None),
+    "shards.val_fraction": (0, 1),
+    "shards.test_fraction": (0, 1),
+    "review.min_speech_ratio": (0, 1),
+    "review.page_size": (1, None),
+    "vggface.batch_size": (1, None),
+}
+CHOICES: dict[str, tuple] = {
+    "speech.vad_frame_ms": (10, 20, 30),  # what webrtcvad accepts
+    "faces.embedder": ("torch", "dlib"),
+}
+
+
+def check_value(key: str, value, hint) -> None:
+    """Raise a ConfigError naming `key` unless `value` has the type of `hint` and lies in the key's range."""
+    kinds = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) not in kinds:
+            raise ConfigError(f"config {key}: a value is required, not null")
+        return
+    kind = next(k for k in kinds if k is not type(None))
+    if typing.get_origin(kind) is tuple:
+        item = typing.get_args(kind)[0]
+        if not isinstance(value, tuple):
+            raise ConfigError(f"config {key}: expected a list of {item.__name__}s, got {value!r}")
+        for v in value:
+            check_value(key, v, item)
+        return
+    names = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(kind, True)
+    if not ok:
+        raise ConfigError(f"config {key}: expected {names[kind]}, got {value!r} ({type(value).__name__})")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"config {key}: must be one of {', '.join(map(str, CHOICES[key]))}, not {value!r}")
+    if kind in (int, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"config {key}: must be a finite number, not {value!r}")
+        lo, hi = RANGES.get(key, (0, None))
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            span = (
+                f"between {lo} and {hi}"
+                if hi is not None and lo is not None
+                else f">= {lo}"
+                if lo is not None
+                else f"<= {hi}"
+            )
+            raise ConfigError(f"config {key}: must be {span}, got {value!r}")

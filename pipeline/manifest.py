@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from .reasons import Reason
+from .reasons import InputError, Reason
 from .records import Clip, ClipStatus, seconds_to_samples
 
 CLIP_ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -58,6 +58,39 @@ def youtube_id_of(source: str) -> str | None:
     else:
         return None
     return vid if YOUTUBE_ID_RE.match(vid or "") else None
+
+
+SOURCE_PREFIXES = ("file:", "yt:")
+BARE_ID_RULE = "a bare 11-character name: a local file of that name if there is one, else a YouTube id"
+
+
+def classify_source(source: str) -> tuple[str, str, str]:
+    """(kind, value, rule): what a manifest `source` names, with the prefix removed, and the rule that said so.
+
+    Explicit: `yt:ID` (or `yt:` + a YouTube URL) is a YouTube video, `file:PATH` (or a `file://` URL) a local file,
+    `http(s)://…` a URL (a youtube.com / youtu.be one is a YouTube video). Unprefixed names keep their old
+    meaning: a bare 11-character name of A-Z a-z 0-9 _ - is a local file when one exists, else a YouTube id;
+    anything else is a local path."""
+    if source.startswith("yt:"):
+        value = source[3:].strip()
+        vid = youtube_id_of(value)
+        if vid is None:
+            raise RowError(f"source {source!r}: yt: must be followed by an 11-character YouTube id or a YouTube URL")
+        return "youtube", vid, "yt: prefix"
+    if source.startswith("file://"):
+        return "file", urlparse(source).path, "file:// URL"
+    if source.startswith("file:"):
+        value = source[5:].strip()
+        if not value:
+            raise RowError("source 'file:' names no file")
+        return "file", value, "file: prefix"
+    if urlparse(source).scheme in ("http", "https"):
+        if youtube_id_of(source):
+            return "youtube", source, "YouTube URL"
+        return "url", source, "http(s) URL"
+    if YOUTUBE_ID_RE.match(source):
+        return "youtube", source, BARE_ID_RULE
+    return "file", source, "a local path (no prefix, not an 11-character id)"
 
 
 def sanitize_id(text: str) -> str:
@@ -129,7 +162,8 @@ def parse_avspeech_row(row: list[str], line: int) -> Clip:
     if fx is None:
         raise RowError("x and y are required")
     clip_id = f"{yid}_{int(round(s * 1000))}"
-    return _clip(line, yid, clip_id, yid, s, e, fx, fy, None, yid)
+    clip = _clip(line, yid, clip_id, yid, s, e, fx, fy, None, yid)
+    return dataclasses.replace(clip, source_kind="youtube", source_rule="AVSpeech row (YouTube id)")
 
 
 def parse_generic_row(row: dict[str, str], line: int) -> Clip:
@@ -137,12 +171,13 @@ def parse_generic_row(row: dict[str, str], line: int) -> Clip:
     source = get("source")
     if not source:
         raise RowError("source is empty")
+    kind, source, rule = classify_source(source)
     s, e = _times(get("start"), get("end"))
     fx, fy = _hint(get("x"), get("y"))
     split = get("split") or None
     if split is not None and split not in SPLITS:
         raise RowError(f"split={split!r} is not one of {', '.join(SPLITS)}")
-    yid = youtube_id_of(source)
+    yid = youtube_id_of(source) if kind == "youtube" else None
     clip_id = get("id")
     if clip_id:
         if not CLIP_ID_RE.match(clip_id):
@@ -155,7 +190,7 @@ def parse_generic_row(row: dict[str, str], line: int) -> Clip:
         clip_id = f"{sanitize_id(stem)[:40]}-{digest}"
     identity = get("identity") or (yid or sanitize_id(Path(urlparse(source).path).stem))
     clip = _clip(line, source, clip_id, identity, s, e, fx, fy, split, yid)
-    return dataclasses.replace(clip, gender=get("gender") or None)
+    return dataclasses.replace(clip, gender=get("gender") or None, source_kind=kind, source_rule=rule)
 
 
 def _is_generic_header(first: list[str]) -> bool:
@@ -185,11 +220,15 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
     """Parse a manifest; every row ends up either in .clips or in .rejected."""
     optout = optout or set()
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
-    # bytes that are not UTF-8 become lone surrogates, so one bad byte spoils its row, not the file
-    with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
-        reader = csv.reader(f)
-        # reader.line_num is the physical line a record ends on, which is what an editor shows
-        numbered = [(reader.line_num, r) for r in reader]
+    try:
+        # bytes that are not UTF-8 become lone surrogates, so one bad byte spoils its row, not the file
+        with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
+            reader = csv.reader(f)
+            # reader.line_num is the physical line a record ends on, which is what an editor shows
+            numbered = [(reader.line_num, r) for r in reader]
+    except (OSError, csv.Error) as err:
+        why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise InputError(f"manifest {path}: {why}") from None
     numbered = [(n, r) for n, r in numbered if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
     manifest = Manifest()
     if not numbered:
@@ -199,7 +238,8 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
         header = [c.strip().lower() for c in numbered[0][1]]
         unknown = set(header) - set(GENERIC_COLUMNS)
         if unknown:
-            raise ValueError(f"{path}: unknown column(s) {sorted(unknown)}; known: {', '.join(GENERIC_COLUMNS)}")
+            known = ", ".join(GENERIC_COLUMNS)
+            raise InputError(f"manifest {path}: unknown column(s) {sorted(unknown)}; known: {known}")
         body = numbered[1:]
     else:
         manifest.format = "avspeech"
@@ -235,6 +275,12 @@ def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
             continue
         manifest.clips.append(clip)
     _spread_split_overrides(manifest)
+    bare = [c for c in manifest.clips if c.source_rule == BARE_ID_RULE]
+    if bare:
+        manifest.warnings.append(
+            f"{len(bare)} source(s) are bare 11-character names (line {bare[0].line}: {bare[0].source!r}), used as a "
+            "local file when one exists, else downloaded as YouTube ids; write yt:ID or file:PATH to say which"
+        )
     return manifest
 
 

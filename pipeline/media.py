@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import SAMPLE_RATE
-from .reasons import ClipError, Reason
+from .reasons import ClipError, InputError, Reason
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class MediaInfo:
 def require_ffmpeg() -> None:
     missing = [b for b in ("ffmpeg", "ffprobe") if shutil.which(b) is None]
     if missing:
-        raise RuntimeError(
+        raise InputError(
             f"{' and '.join(missing)} not found on PATH. Install it: `sudo apt-get install -y ffmpeg` "
             "(or run `make shards`, which does it for you)."
         )

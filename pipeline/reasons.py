@@ -61,6 +61,11 @@ def is_final(status: str, reason: str | None) -> bool:
     return status in ("ok", "rejected") or (status == "failed" and reason in PERMANENT)
 
 
+class InputError(ValueError):
+    """A mistake in what the user gave (a path, a config value, a manifest header, a missing tool): the commands
+    print its message on one line, without a traceback, and exit 2."""
+
+
 class ClipError(Exception):
     """A clip cannot go on: carries the reason code, a detail and whether it is a failure or a rejection."""
 

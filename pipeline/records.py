@@ -47,6 +47,8 @@ class Clip:
     split: str | None = None  # train / val / test override
     youtube_id: str | None = None
     gender: str | None = None  # as given by the manifest (Wav2Pix channel lists carry it)
+    source_kind: str | None = None  # file | url | youtube (manifest.classify_source); None: not classified
+    source_rule: str = ""  # which rule made it that kind, for status details
 
     @property
     def hint(self) -> tuple[float, float] | None:

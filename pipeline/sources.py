@@ -75,8 +75,23 @@ def resolve_source(
     same segment is asked for again. `gate` is called before every download attempt (a rate limiter)."""
     if mirror is not None and (p := find_in_mirror(clip, mirror)):
         return Source(p, 0, "mirror")
-    if p := local_path(clip.source, base_dir):
-        return Source(p, 0, "local")
+    rule = f" (source read as {clip.source_rule})" if clip.source_rule else ""
+    if clip.source_kind == "file":
+        if p := local_path(clip.source, base_dir):
+            return Source(p, 0, "local")
+        raise ClipError(Reason.FILE_NOT_FOUND, f"no such file: {clip.source}{rule}", status="failed")
+    if clip.source_kind in (None, "youtube") and (p := local_path(clip.source, base_dir)):
+        return Source(p, 0, "local")  # unclassified, or a bare name that is also a local file
+    try:
+        return _fetch(clip, cfg, download_dir, sleep, gate)
+    except ClipError as err:
+        if rule and err.reason != Reason.FILE_NOT_FOUND:
+            err.detail = f"{err.detail}{rule}"
+        raise
+
+
+def _fetch(clip: Clip, cfg: DownloadConfig, download_dir: Path, sleep, gate) -> Source:
+    """The clip's segment from YouTube or its URL, from an earlier download when it is the same request."""
     if clip.youtube_id:
         url = f"https://www.youtube.com/watch?v={clip.youtube_id}"
     elif is_url(clip.source):

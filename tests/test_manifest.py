@@ -1,3 +1,5 @@
+import pytest
+
 from pipeline.manifest import read_manifest, read_optout, youtube_id_of
 from pipeline.records import seconds_to_samples
 
@@ -116,3 +118,58 @@ def test_a_split_override_applies_to_every_row_of_the_identity(tmp_path):
     )
     assert [c.split for c in m.clips] == ["val", "val", None, "test", "val"]
     assert m.warnings and "cy" in m.warnings[0]
+
+
+@pytest.mark.parametrize(
+    "source, kind, value, rule",
+    [
+        ("yt:PmD-LzPS2rg", "youtube", "PmD-LzPS2rg", "yt: prefix"),
+        ("yt:https://youtu.be/PmD-LzPS2rg", "youtube", "PmD-LzPS2rg", "yt: prefix"),
+        ("file:hopper-talk", "file", "hopper-talk", "file: prefix"),
+        ("file:videos/bob.mp4", "file", "videos/bob.mp4", "file: prefix"),
+        ("file:///data/bob.mp4", "file", "/data/bob.mp4", "file:// URL"),
+        ("https://example.org/talk.mp4", "url", "https://example.org/talk.mp4", "http(s) URL"),
+        (
+            "https://www.youtube.com/watch?v=PmD-LzPS2rg",
+            "youtube",
+            "https://www.youtube.com/watch?v=PmD-LzPS2rg",
+            "YouTube URL",
+        ),
+        ("hopper-talk", "youtube", "hopper-talk", "bare 11-character name"),
+        ("videos/bob.mp4", "file", "videos/bob.mp4", "local path"),
+        ("astronaut-talk", "file", "astronaut-talk", "local path"),
+    ],
+)
+def test_source_kinds_and_the_rule_that_gave_them(source, kind, value, rule):
+    from pipeline.manifest import classify_source
+
+    k, v, r = classify_source(source)
+    assert (k, v) == (kind, value) and rule in r
+
+
+def test_prefixed_sources_parse_and_bad_prefixes_are_bad_rows(tmp_path):
+    m = read_manifest(
+        write(tmp_path, "source,id\nyt:PmD-LzPS2rg,a\nfile:hopper-talk,b\nyt:not-an-id!,c\nfile:,d\nhopper-talk,e\n")
+    )
+    a, b, e = m.clips
+    assert (a.source_kind, a.youtube_id, a.source) == ("youtube", "PmD-LzPS2rg", "PmD-LzPS2rg")
+    assert (b.source_kind, b.youtube_id, b.source) == ("file", None, "hopper-talk")  # never downloaded
+    assert (e.source_kind, e.youtube_id) == ("youtube", "hopper-talk")  # the old meaning, kept
+    assert [(s.id, s.reason) for s in m.rejected] == [("c", "bad_row"), ("d", "bad_row")]
+    assert "yt: must be followed" in m.rejected[0].detail
+    # the ambiguous bare name is named in one warning, with how to say which
+    assert len(m.warnings) == 1 and "line 6: 'hopper-talk'" in m.warnings[0] and "yt:ID or file:PATH" in m.warnings[0]
+
+
+def test_a_prefix_does_not_change_the_derived_clip_id(tmp_path):
+    plain = read_manifest(write(tmp_path, "source\nvideos/bob.mp4\n")).clips[0]
+    prefixed = read_manifest(write(tmp_path, "source\nfile:videos/bob.mp4\n", "p.csv")).clips[0]
+    assert plain.clip_id == prefixed.clip_id and plain.source == prefixed.source
+
+
+def test_the_demo_manifest_names_files_not_youtube_ids():
+    from flows.cli import DEMO_MANIFEST
+
+    m = read_manifest(DEMO_MANIFEST)
+    assert len(m.clips) == 5 and not m.rejected and not m.warnings
+    assert all(c.source_kind == "file" and c.youtube_id is None for c in m.clips)

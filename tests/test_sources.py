@@ -91,3 +91,33 @@ def test_dead_host_is_network_error_after_retries(tmp_path):
 )
 def test_classify_download_error(message, reason):
     assert classify_download_error(message) == reason
+
+
+def test_the_demo_manifest_without_mirror_or_media_never_downloads(tmp_path):
+    """Without a mirror its sources are files relative to the manifest: missing ones are file_not_found, with
+    the rule that applied in the detail, and nothing is fetched (they used to be taken for YouTube ids)."""
+    from flows.cli import DEMO_MANIFEST
+    from pipeline.config import DownloadConfig
+    from pipeline.manifest import read_manifest
+
+    downloads = tmp_path / "dl"
+    for clip in read_manifest(DEMO_MANIFEST).clips:
+        with pytest.raises(ClipError) as err:
+            resolve_source(clip, DownloadConfig(retries=0), downloads, None, tmp_path / "nowhere")
+        assert err.value.reason == "file_not_found"
+        assert err.value.detail.endswith("(source read as file: prefix)")
+    assert not downloads.exists()
+
+
+def test_the_demo_manifest_resolves_its_files_relative_to_itself(media, tmp_path):
+    from pipeline.config import DownloadConfig
+    from pipeline.manifest import read_manifest
+
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "out" / "demo-media").mkdir(parents=True)
+    shutil.copy(media.moving, tmp_path / "out" / "demo-media" / "hopper-talk.mp4")
+    manifest = tmp_path / "manifests" / "demo.csv"
+    manifest.write_text("id,source\nhopper-talk,file:../out/demo-media/hopper-talk.mp4\n")
+    (clip,) = read_manifest(manifest).clips
+    src = resolve_source(clip, DownloadConfig(retries=0), tmp_path / "dl", None, manifest.parent)
+    assert src.kind == "local" and src.path.name == "hopper-talk.mp4"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 
 MODELS = ("wav2pix", "speech2face", "voice2face", "cae")
 COMMANDS = ("train", "eval")
@@ -45,7 +46,24 @@ def _module(name: str):
     return importlib.import_module(f"trainer.{name}.train")
 
 
+def check_inputs(args: argparse.Namespace) -> None:
+    """The shards (and for eval the checkpoint) exist: a one-line InputError otherwise."""
+    from pathlib import Path
+
+    from pipeline.reasons import InputError
+    from trainer.data import shard_dir
+
+    split = "train" if args.command == "train" else args.split
+    if args.command == "eval" and not (Path(args.run) / "checkpoint.pt").is_file():
+        raise InputError(f"no checkpoint {Path(args.run) / 'checkpoint.pt'}: train first (voiceface train --run ...)")
+    d = shard_dir(args.shards)
+    if not any(d.glob(f"{split}-*.tar")):
+        where = f"{d} does not exist" if not d.exists() else f"no {split}-*.tar shards in {d}"
+        raise InputError(f"{where}: build them first (make shards, or voiceface build MANIFEST --out DIR)")
+
+
 def run(args: argparse.Namespace) -> int:
+    check_inputs(args)
     if args.command == "train":
         m = _module(args.model)
         if args.config not in m.CONFIGS:
@@ -65,9 +83,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.reasons import InputError
+
     parser = argparse.ArgumentParser(prog="trainer")
     add_commands(parser.add_subparsers(dest="command", required=True))
-    return run(parser.parse_args(argv))
+    try:
+        return run(parser.parse_args(argv))
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

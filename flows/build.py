@@ -30,6 +30,7 @@ from pipeline.build import (
 from pipeline.clip import BuildContext, read_status, record_crash, run_clip
 from pipeline.config import DownloadConfig, VGGFaceConfig, load_config
 from pipeline.lock import holds_out_lock
+from pipeline.progress import Progress, eta_text
 from pipeline.records import Clip, ClipStatus
 from pipeline.review.queue import prepare_review
 
@@ -155,6 +156,7 @@ def build_shards(
 
     total, done, crashed, abandoned = len(plan.todo), 0, 0, 0
     disk_full = None
+    progress = Progress(total, "clips", bar=False)  # the ETA of each line (Prefect's logger prints them)
     # a bounded window of submitted futures keeps memory flat for long manifests
     window = max(1, workers) * 4
     for lo in range(0, total, window):
@@ -178,7 +180,9 @@ def build_shards(
                 continue
             done += 1
             note = f"{status.windows_written} windows" if status.status == "ok" else f"{status.reason}: {status.detail}"
-            print(f"[{done}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s")
+            progress.advance()
+            eta = eta_text(progress.eta())
+            print(f"[{done}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s, {eta}")
         del futures, batch
 
     if disk_full is not None:

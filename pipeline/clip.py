@@ -157,7 +157,7 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         reason = Reason.NO_SPEECH
         if any(v.reason != Reason.NO_SPEECH for v in rejected):
             reason = Reason(max((r for r in counts if r != Reason.NO_SPEECH), key=counts.get))
-            detail = f"no window passed the speech filters: {dict(counts)}"
+            detail = f"no window passed the speech filters: {counts_text(counts)}"
         write_rejected(ctx, clip, rejected, make)
         raise ClipError(reason, detail, windows_total=n_cut, window_rejections=dict(counts))
 
@@ -213,7 +213,7 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         face_reasons = {k: v for k, v in rejections.items() if k != Reason.NO_SPEECH}
         reason = max(face_reasons, key=face_reasons.get) if face_reasons else str(Reason.NO_SPEECH)
         status.status, status.reason = "rejected", reason
-        status.detail = f"no window kept: {dict(rejections)}"
+        status.detail = f"no window kept: {counts_text(rejections)}"
         ctx.clip_tar(clip.clip_id).unlink(missing_ok=True)
     return status
 
@@ -224,6 +224,11 @@ def window_counts(rejected: list[Verdict]) -> Counter[str]:
     for v in sorted(rejected, key=lambda v: v.reason != Reason.NO_SPEECH):
         counts[str(v.reason)] += 1
     return counts
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    """Reason counts as a person reads them: "no_face 5, blurry 2"."""
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
 
 
 def speaker_choice(choices: Counter[str]) -> str | None:

@@ -205,10 +205,14 @@ class RunReport:
         """The whole report as one HTML page with inline CSS and images (opens offline)."""
         e = html.escape
         funnel = self.funnel_rows()
-        top = max((n for _, n in funnel), default=1) or 1
+        # clips and windows are counted on scales of their own: a bar is a share of its group's first stage
+        group_top: dict[str, int] = {}
+        for stage, n in funnel:
+            group_top.setdefault(_unit(stage), max(n, 1))
         funnel_rows = "".join(
-            f"<tr><td>{e(stage)}</td><td class=n>{n}</td><td><div class=bar style='width:{100 * n / top:.1f}%'></div>"
-            f"</td></tr>"
+            f"<tr><td>{e(stage)}</td><td class=n>{n}</td><td class=unit>{_unit(stage)}</td><td>"
+            f"<div class='bar {_unit(stage)}' style='width:{100 * min(1.0, n / group_top[_unit(stage)]):.1f}%'>"
+            f"</div></td></tr>"
             for stage, n in funnel
         )
         reason_rows = (
@@ -268,7 +272,8 @@ class RunReport:
 body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}}
 table{{border-collapse:collapse;margin:8px 0 20px}} td,th{{border-bottom:1px solid #ddd;padding:4px 10px;
 text-align:left;vertical-align:top}} td.n{{text-align:right;font-variant-numeric:tabular-nums}}
-.bar{{background:#4a78b5;height:12px;min-width:1px}} td:last-child{{min-width:260px}}
+.bar{{background:#4a78b5;height:12px;min-width:1px}} .bar.clips{{background:#b5814a}} td.unit{{color:#777}}
+td:last-child{{min-width:260px}}
 .mosaic{{display:inline-block;margin:0 16px 16px 0;vertical-align:top;max-width:{6 * (THUMB_PX + 4)}px}}
 .mosaic h3{{font-size:13px;margin:4px 0}} .mosaic img{{width:{THUMB_PX}px;height:{THUMB_PX}px;margin:2px}}
 .examples img{{width:{THUMB_PX}px;height:{THUMB_PX}px;margin:2px}}
@@ -279,7 +284,9 @@ text-align:left;vertical-align:top}} td.n{{text-align:right;font-variant-numeric
 {summary.get("clips_rejected", 0)} rejected, {summary.get("clips_failed", 0)} failed.
 New {summary.get("clips_new", 0)}, cached {summary.get("clips_cached", 0)}, redone {summary.get("clips_redone", 0)}.
 {summary.get("samples", 0)} samples in shards ({shards}); {summary.get("seconds", 0)} s.</p>
-<h2>Funnel</h2><table><tr><th>stage</th><th>count</th><th></th></tr>{funnel_rows}</table>
+<h2>Funnel</h2>
+<p>Clip stages and window stages have scales of their own: each bar is a share of its group's first row.</p>
+<table><tr><th>stage</th><th>count</th><th>of</th><th></th></tr>{funnel_rows}</table>
 <h2>Clip rejections and failures</h2>
 <table><tr><th>reason</th><th>clips</th><th>examples</th></tr>{reason_rows}</table>
 <h2>Window rejections</h2>
@@ -338,21 +345,41 @@ def _count_rows(counts: Counter) -> str:
     return rows or "<tr><td colspan=2>none</td></tr>"
 
 
-def _histogram(counts: list[int], labels: list[str], width: int = 360, height: int = 120) -> str:
-    """Inline SVG bars."""
+def _histogram(counts: list[int], labels: list[str], width: int = 380, height: int = 150, unit: str = "windows") -> str:
+    """Inline SVG bars with both axes: the bins below, counts of `unit` on a y-axis with three ticks."""
     if not counts or not any(counts):
         return "<p>no data</p>"
     top = max(counts)
-    bw = width / len(counts)
+    left, bottom, head = 44, 22, 10  # room for the y-axis labels, the x labels, the top tick
+    plot_w, plot_h = width - left, height - bottom - head
+    bw = plot_w / len(counts)
+    y = lambda c: head + plot_h - plot_h * c / top  # noqa: E731
     bars = "".join(
-        f"<rect x='{i * bw + 1:.1f}' y='{height - 20 - (height - 30) * c / top:.1f}' width='{bw - 2:.1f}' "
-        f"height='{(height - 30) * c / top:.1f}' fill='#4a78b5'><title>{html.escape(lab)}: {c}</title></rect>"
+        f"<rect x='{left + i * bw + 1:.1f}' y='{y(c):.1f}' width='{bw - 2:.1f}' height='{plot_h * c / top:.1f}' "
+        f"fill='#4a78b5'><title>{html.escape(lab)}: {c}</title></rect>"
         for i, (c, lab) in enumerate(zip(counts, labels, strict=True))
     )
     step = max(1, len(labels) // 6)
-    ticks = "".join(
-        f"<text x='{i * bw:.1f}' y='{height - 4}' font-size='10'>{html.escape(lab)}</text>"
+    xticks = "".join(
+        f"<text x='{left + i * bw:.1f}' y='{height - 6}' font-size='10'>{html.escape(lab)}</text>"
         for i, lab in enumerate(labels)
         if i % step == 0
     )
-    return f"<svg width='{width}' height='{height}' role=img>{bars}{ticks}</svg>"
+    yticks = "".join(
+        f"<line x1='{left - 4}' x2='{width}' y1='{y(v):.1f}' y2='{y(v):.1f}' stroke='#ddd'/>"
+        f"<text x='{left - 6}' y='{y(v) + 3:.1f}' font-size='10' text-anchor='end'>{v}</text>"
+        for v in sorted({0, top // 2, top})
+    )
+    axes = (
+        f"<line x1='{left}' x2='{left}' y1='{head}' y2='{head + plot_h}' stroke='#888'/>"
+        f"<line x1='{left}' x2='{width}' y1='{head + plot_h}' y2='{head + plot_h}' stroke='#888'/>"
+        f"<text x='2' y='{head - 1}' font-size='10' fill='#555'>{html.escape(unit)}</text>"
+    )
+    return f"<svg width='{width}' height='{height}' role=img>{yticks}{bars}{axes}{xticks}</svg>"
+
+
+CLIP_STAGES = {"manifest rows", "clips", "resolved", "decoded"}
+
+
+def _unit(stage: str) -> str:
+    return "clips" if stage in CLIP_STAGES else "windows"

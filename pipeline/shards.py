@@ -16,6 +16,7 @@ from pathlib import Path
 from .commit import commit, recover
 from .config import ShardConfig
 from .enrich import merge_sidecar, read_sidecar
+from .progress import Progress
 from .tars import read_samples
 
 SHARD_DIR = "shards"
@@ -57,8 +58,10 @@ def pack_shards(
     staging.mkdir(parents=True)
     writers: dict[str, wds.ShardWriter] = {}
     counts: dict[str, dict[str, int]] = {}
+    progress = Progress(len(clips) if hasattr(clips, "__len__") else 0, "packing", "clips").__enter__()
     try:
         for tar_path, split in clips:
+            progress.advance()
             sidecar = read_sidecar(tar_path)
             own = read_samples(tar_path) if tar_path.exists() else iter(())
             more = extra(tar_path) if extra is not None else ()
@@ -88,6 +91,7 @@ def pack_shards(
                 if observe is not None:
                     observe(meta, sample)
     finally:
+        progress.__exit__(None, None, None)
         for split, w in writers.items():
             counts[split]["shards"] = w.shard
             w.close()

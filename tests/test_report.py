@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -83,3 +84,51 @@ def test_report_renders_in_chromium_with_mosaics(media, prefect_harness, tmp_pat
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[0] > 800 and len(np.unique(img.reshape(-1, 3), axis=0)) > 500  # a page with photos, not blank
     assert json.loads((out / "summary.json").read_text())["funnel"]["written"] == summary["samples"]
+
+
+def test_funnel_scales_histogram_axes_and_readable_details():
+    report = RunReport()
+    for i in range(3):
+        report.add_status(ClipStatus(f"c{i}", "ok", windows_written=40, windows_total=50, identity="a", split="train"))
+    detail = "no window kept: no_face 5"  # as the clip runner words it (never a Python dict)
+    report.add_status(
+        ClipStatus("c9", "rejected", "no_face", detail, windows_total=5, window_rejections={"no_face": 5})
+    )
+    for _ in range(40):
+        report.add_sample({"identity": "a", "split": "train", "window_start": 0, "window_end": 1,
+                           "speech_ratio": 0.95, "face_px": 150, "av_sync": 0.5}, _jpg())  # fmt: skip
+    html = report.html({})
+    bars = dict(re.findall(r"<td>([a-z ]+)</td><td class=n>\d+</td><td class=unit>\w+</td><td><div class='bar \w+' "
+                           r"style='width:([0-9.]+)%'", html))  # fmt: skip
+    # 4 clips and 155 windows: each group is scaled to its own first stage, so clips do not look like nothing
+    assert float(bars["manifest rows"]) == float(bars["windows"]) == 100.0 and float(bars["decoded"]) == 100.0
+    assert float(bars["written"]) == pytest.approx(100 * 120 / 155, abs=0.1)
+    svgs = re.findall(r"<svg.*?</svg>", html, re.S)
+    assert len(svgs) == 3
+    for svg in svgs:  # a y-axis: its unit and ticks at 0, half and the top count
+        assert ">windows</text>" in svg and ">0</text>" in svg and ">40</text>" in svg and ">20</text>" in svg
+    assert "{'" not in html and "no window kept: no_face 5" in html
+
+
+def _jpg() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 150, 120)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def test_progress_prints_lines_with_an_eta_off_a_terminal(capsys):
+    import time
+
+    from pipeline.progress import Progress, eta_text
+
+    assert eta_text(None) == "eta ?" and eta_text(75) == "eta 1m15s" and eta_text(3700) == "eta 1h01m"
+    with Progress(4, "packing", "clips", every_s=0.0, bar=False) as p:
+        assert p.eta() is None
+        for _ in range(4):
+            time.sleep(0.01)
+            p.advance()
+        assert p.eta() == 0
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("packing: 1/4 clips (25%), eta 0m0") and lines[-1].startswith(
+        "packing: 4/4 clips (100%)"
+    )

@@ -188,7 +188,14 @@ def test_eval_writes_the_seed_metrics(wav2pix_run, s2f_run, shards):
     assert {"landmark_detection_rate", "identity_top1", "identity_top5"} <= set(w)
     assert w["split"] == "val" and w["samples"] > 0 and w["landmark_detection_rate_real"] >= 0.9
     assert 0 <= w["landmark_detection_rate"] <= 1
-    assert "data:image/png;base64," in (wav2pix_run / "eval.html").read_text()
+    page = (wav2pix_run / "eval.html").read_text()
+    assert "data:image/png;base64," in page
+    # the training losses, plotted: one line per loss of metrics.csv, with both axes
+    losses = [k for k in read_metrics(wav2pix_run / "metrics.csv") if k != "step"]
+    plot = page[page.index("<svg class='losses'") :]
+    assert plot.count("<polyline") == len(losses) >= 2 and all(f">{k}</text>" in plot for k in losses)
+    assert ">step</text>" in plot
+    assert (s2f_run / "losses.svg").read_text().startswith("<svg xmlns=")  # written by `voiceface train`
 
     assert voiceface(["eval", "--run", str(s2f_run), "--shards", str(shards)]) == 0
     s = json.loads((s2f_run / "eval.json").read_text())

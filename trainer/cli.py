@@ -73,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
             over["target"] = args.target
         cfg = dataclasses.replace(m.CONFIGS[args.config], **{k: v for k, v in over.items() if v is not None})
         last = m.train(args.shards, args.run, cfg, resume=not args.fresh)
-        print(f"run: {args.run} (metrics.csv, samples/, checkpoint.pt); last: {last}")
+        from trainer.common import write_loss_plot
+
+        write_loss_plot(args.run)
+        print(f"run: {args.run} (metrics.csv, losses.svg, samples/, checkpoint.pt); last: {last}")
         return 0
     from trainer.eval import evaluate
 

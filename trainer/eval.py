@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from trainer import metrics as M
-from trainer.common import autocast, grid, load_checkpoint, pick_device, to_uint8
+from trainer.common import autocast, grid, load_checkpoint, loss_plot_svg, pick_device, read_metrics, to_uint8
 from trainer.data import Decoder, collate, eval_samples
 
 # The papers' figures, each printed only beside a metric measured the same way (`comparable`).
@@ -47,13 +47,18 @@ def comparable(model: str, metric: str, result: dict) -> bool:
 BATCH = 64
 
 
-def _batches(it, n: int):
+def _batches(it, n: int, limit: int | None = None):
+    """Batches of n decoded samples, with progress over at most `limit` samples (the split may hold fewer)."""
+    from pipeline.progress import Progress
+
     buf = []
-    for s in it:
-        buf.append(s)
-        if len(buf) == n:
-            yield collate(buf)
-            buf = []
+    with Progress(limit or 0, "evaluating", "samples") as progress:
+        for s in it:
+            buf.append(s)
+            progress.advance()
+            if len(buf) == n:
+                yield collate(buf)
+                buf = []
     if buf:
         yield collate(buf)
 
@@ -76,7 +81,7 @@ def _eval_wav2pix(ck, shards, split, limit, device):
     dec = Decoder(ck["labels"], ("w2p_window", "face", "dlib"), face_size=args.image_size, wav_len=args.wav_len)
     real, fake, dl, ids = [], [], [], []
     with torch.no_grad():
-        for b in _batches(eval_samples(shards, dec, split, limit), BATCH):
+        for b in _batches(eval_samples(shards, dec, split, limit), BATCH, limit):
             with autocast(device):
                 out = model(b["wav"].to(device))
             fake.append(to_uint8(out))
@@ -107,7 +112,7 @@ def _eval_speech2face(ck, shards, split, limit, device):
     dec = Decoder(ck["labels"], (args.feature, "feature", "face"), face_size=64, target=target)
     pred, true, faces, ids = [], [], [], []
     with torch.no_grad():
-        for b in _batches(eval_samples(shards, dec, split, limit), BATCH):
+        for b in _batches(eval_samples(shards, dec, split, limit), BATCH, limit):
             with autocast(device):
                 pred.append(model(b[args.feature].to(device)).float().cpu().numpy())
             true.append(b["feature"].numpy())
@@ -145,7 +150,7 @@ def _eval_generator(ck, shards, split, limit, device):
     random.seed(0)  # the utterance crops
     real, fake, dl, ids = [], [], [], []
     with torch.no_grad():
-        for b in _batches(eval_samples(shards, dec, split, limit), BATCH):
+        for b in _batches(eval_samples(shards, dec, split, limit), BATCH, limit):
             with autocast(device):
                 if ck["model"] == "voice2face":
                     out = model(b["utt"].to(device))
@@ -218,6 +223,8 @@ def evaluate(run, shards, split: str = "val", limit: int | None = 2000, device: 
     figures = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(json.dumps(v))}</td></tr>" for k, v in result.items()
     )
+    metrics = run / "metrics.csv"
+    losses = loss_plot_svg(read_metrics(metrics)) if metrics.exists() else "<p>no metrics.csv in the run</p>"
     grids = "".join(
         f"<h2>{html.escape(title)}</h2><img src='data:image/png;base64,{_png(grid(images))}'>"
         for images, title in rows
@@ -228,7 +235,7 @@ def evaluate(run, shards, split: str = "val", limit: int | None = 2000, device: 
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 12px;text-align:left}"
         "img{image-rendering:pixelated;width:640px}</style>"
         f"<h1>{html.escape(ck['model'])}, step {ck['step']}, {html.escape(split)} split</h1>"
-        f"<table>{figures}</table>{grids}"
+        f"<table>{figures}</table><h2>Training losses</h2>{losses}{grids}"
     )
     (run / "eval.html").write_text(page)
     return result

@@ -35,6 +35,7 @@ from torch import nn
 
 from ..config import VGGFACE_WEIGHTS_ENV, VGGFaceConfig, resolve_weights  # noqa: F401 (re-exported)
 from ..enrich import MEMBER, crop_digest, read_sidecar, sidecar_path
+from ..progress import Progress
 from ..tars import read_samples, tar_mtime, write_samples
 
 INPUT_SIZE = 224
@@ -377,14 +378,17 @@ def add_vggface(tars: Iterable[Path], extractor: VGGFaceExtractor, force: bool =
                 tar.features[s["__key__"]] = (b"", {"record": extractor.record, "jpg_sha1": crop_digest(s["jpg"])})
                 yield s["jpg"]
 
-    for feature in extractor.features_from_jpgs(jpgs()):
-        tar, key = queue.popleft()
-        tar.features[key] = (npy_bytes(feature), tar.features[key][1])
-        report.computed += 1
-        tar.left -= 1
-        if tar.left == 0:
-            _write(tar)
-            report.rewritten += 1
+    total = len(tars) if hasattr(tars, "__len__") else 0
+    with Progress(total, "vggface", "clips") as progress:
+        for feature in extractor.features_from_jpgs(jpgs()):
+            tar, key = queue.popleft()
+            tar.features[key] = (npy_bytes(feature), tar.features[key][1])
+            report.computed += 1
+            tar.left -= 1
+            if tar.left == 0:
+                _write(tar)
+                report.rewritten += 1
+                progress.advance()
     report.seconds = round(time.perf_counter() - t0, 3)
     return report
 

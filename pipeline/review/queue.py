@@ -339,7 +339,7 @@ class ReviewGate:
                 row.status = "rejected"
                 pending = c["unreviewed_excluded"] > c["rejected"]
                 row.reason = str(Reason.REVIEW_PENDING if pending else Reason.REVIEW_REJECTED)
-                row.detail = f"no window left after review: {row.review}"
+                row.detail = "no window left after review: " + ", ".join(f"{k} {v}" for k, v in row.review.items())
 
     def fingerprint(self) -> str:
         """A digest of the decisions packing applies: equal fingerprints pack the same samples."""

@@ -142,7 +142,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
             pin_memory=device.startswith("cuda"),
         )
     )
-    log = CsvLog(run / "metrics.csv", LOSSES)
+    log = CsvLog(run / "metrics.csv", LOSSES, steps=(start, cfg.steps))
     t0, last = time.time(), {}
     print(f"face target: {face_target} ({args.out_dim}-D)")
     model.train()

@@ -133,7 +133,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
             pin_memory=device.startswith("cuda"),
         )
     )
-    log = CsvLog(run / "metrics.csv", LOSSES)
+    log = CsvLog(run / "metrics.csv", LOSSES, steps=(start, cfg.steps))
     fixed, t0, last = None, time.time(), {}
     model.train()
     for step in range(start, cfg.steps):

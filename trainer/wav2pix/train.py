@@ -120,7 +120,7 @@ def _train(shards, run, cfg: TrainConfig, resume: bool) -> dict:
             pin_memory=device.startswith("cuda"),
         )
     )
-    log = CsvLog(run / "metrics.csv", LOSSES)
+    log = CsvLog(run / "metrics.csv", LOSSES, steps=(start, cfg.steps))
     fixed, t0, last = None, time.time(), {}
 
     def checkpoint(step: int) -> None:

@@ -22,6 +22,7 @@ from PIL import Image
 from . import PIPELINE_VERSION, quality
 from .avsync import AVSyncTracker
 from .config import SAMPLE_RATE, Config
+from .cuts import detect_cuts, shot_of, windows_across_cuts
 from .faces import Face, SpeakerTracker, embed_faces
 from .features import log_mel, speech2face_stft, tile_to
 from .media import decode_audio, decode_frames_on_grid, probe
@@ -177,6 +178,16 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
             detail = f"no window passed the speech filters: {dict(rejections)}"
         raise ClipError(reason, detail, windows_total=n_cut, window_rejections=dict(rejections))
     windows = clean
+    # shot cuts (filters.shot_cuts): windows whose audio straddles a cut are dropped; the tracker restarts after one
+    cuts: list[float] = []
+    if cfg.filters.shot_cuts:
+        cuts = [
+            t - file_start_s for t in detect_cuts(src.path, info, file_start_s, duration_s, cfg.filters.cut_threshold)
+        ]
+        across = windows_across_cuts([w.start for w in windows], W, cuts, SAMPLE_RATE)
+        if across:
+            rejections[str(Reason.SHOT_CUT)] += len(across)
+            windows = [w for i, w in enumerate(windows) if i not in across]
 
     split = split_of(clip, ctx)
     tracker = SpeakerTracker(cfg.faces, clip.hint)
@@ -208,6 +219,7 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
             yield item
 
     def faces():
+        shot = 0
         f = cfg.filters
         context = (f.av_sync_span_s, f.av_sync_step_s) if av else (0.0, 0.0)
         frames = decode_frames_on_grid(src.path, info, file_start_s, first, step, n_frames, *context)
@@ -226,6 +238,9 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
             if win is None or k in done or (k in seen and not ex.first_good_face):
                 continue
             seen.add(k)
+            if cuts and tracker.prev is not None and shot_of(frame.time - file_start_s, cuts) != shot:
+                tracker.prev = None  # a new shot: search the whole frame again
+            shot = shot_of(frame.time - file_start_s, cuts) if cuts else 0
             face = tracker(frame.rgb)
             if not isinstance(face, Face):
                 last_reason[k] = str(face)

@@ -82,8 +82,9 @@ def main() -> int:
             print(f"{name:10} {len(flags):7d} {np.mean(flags):8.0%}   {' '.join(f'{m:.2f}' for m in medians)}")
     worst_sync = min(clip_scores["sync"])
     best_other = max(s for k, v in clip_scores.items() if k != "sync" for s in v)
-    print(f"\nlowest in-sync clip {worst_sync:.2f}, highest dubbed/late clip {best_other:.2f}: "
-          f"{'separated' if worst_sync > best_other else 'NOT separated'} (margin {worst_sync - best_other:+.2f})")  # fmt: skip
+    verdict = "separated" if worst_sync > best_other else "NOT separated"
+    print(f"\nlowest in-sync clip {worst_sync:.2f}, highest dubbed/late clip {best_other:.2f}: ", end="")
+    print(f"{verdict} (margin {worst_sync - best_other:+.2f})")
     return 0
 
 

@@ -1,5 +1,5 @@
 """The clip runner: one clip from source to samples through the stages of pipeline/stages
-(source → decode → speech → faces → avsync → identity → extras).
+(source → decode → speech → cuts → faces → avsync → identity → extras).
 
 `run_clip` is the one place where a clip's failure is caught and turned into a status row, so one bad clip
 never stops a run; every stage below it raises. The clip's counts (window rejections, flags, the speaker
@@ -25,6 +25,7 @@ from .reasons import ClipError, Reason, is_final
 from .records import Clip, ClipStatus, FaceHit, SpeakerChoice, Verdict, samples_to_seconds, window_key
 from .splits import split_for_identity
 from .stages.avsync import AVSyncStage
+from .stages.cuts import ShotCuts
 from .stages.decode import FrameGrid, decode_clip_audio, decode_frames
 from .stages.extras import SampleMaker
 from .stages.faces import FaceStage
@@ -161,8 +162,12 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         write_rejected(ctx, clip, rejected, make)
         raise ClipError(reason, detail, windows_total=n_cut, window_rejections=dict(counts))
 
+    cuts = ShotCuts.detect(media, cfg)
+    if cuts is not None:
+        windows, straddling = cuts.split(windows)
+        rejected += straddling
     grid = FrameGrid.for_clip(cfg, n_cut)
-    faces = FaceStage(cfg.faces, cfg.filters, windows, grid, clip.hint)
+    faces = FaceStage(cfg.faces, cfg.filters, windows, grid, clip.hint, shot_of=cuts.shot if cuts else None)
     av = AVSyncStage(cfg.filters, audio, media.file_start_s, faces.models) if cfg.filters.av_sync else None
     identity = IdentityStage(cfg.faces, cfg.filters)
     choices: Counter[str] = Counter()  # how each face that passed the face filters was chosen

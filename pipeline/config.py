@@ -113,6 +113,9 @@ class FilterConfig:
     music_noise: bool = True  # score each window with Silero VAD (pipeline/neural_vad.py), ~1 ms a window ...
     min_neural_speech: float = 0.1  # ... share of its 32 ms chunks it calls speech below this: music_or_noise (music
     # and steady noise score 0.00; of 100 real speech windows 3 score under 0.1, 8 under 0.3: bench_speech_real.py)
+    shot_cuts: bool = False  # detect shot cuts (pipeline/cuts.py): a second, light decode pass (64x36 frames) ...
+    cut_threshold: float = 0.25  # ... ffmpeg scene score above this is a cut; windows across one: shot_cut, and the
+    # face tracker starts afresh after one (real talking heads: <= 0.08 within a shot, 0.50 at a cut between two)
     max_identity_distance: float = 0.6  # dlib distance to the clip medoid above this: identity_mismatch (dlib's own
     # same-person tolerance; on real YouTube faces one person's windows stayed under 0.58, another person's over 0.74)
     min_identity_windows: int = 3  # clips with fewer embedded windows get no identity check

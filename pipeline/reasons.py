@@ -30,6 +30,7 @@ class Reason(StrEnum):
     CLIPPING = "clipping"  # too many samples at full scale
     LOW_SNR = "low_snr"  # the frame-energy SNR estimate is too low
     MUSIC_OR_NOISE = "music_or_noise"  # webrtcvad heard speech, the neural VAD (Silero) did not
+    SHOT_CUT = "shot_cut"  # the window's audio straddles a shot cut (filters.shot_cuts)
     # faces (per window; a clip with no surviving window takes the most common one)
     NO_FACE = "no_face"
     FACE_TOO_SMALL = "face_too_small"

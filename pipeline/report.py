@@ -26,7 +26,7 @@ DECODE_REASONS = {
 FACE_WINDOW_REASONS = {Reason.NO_FACE, Reason.FACE_TOO_SMALL, Reason.SPEAKER_NOT_FOUND, Reason.FRAME_MISSING}
 # the window funnel after the speech windows: each stage, and the window rejections that end there
 WINDOW_STAGES = [
-    ("clean audio", {Reason.CLIPPING, Reason.LOW_SNR, Reason.MUSIC_OR_NOISE}),
+    ("clean audio", {Reason.CLIPPING, Reason.LOW_SNR, Reason.MUSIC_OR_NOISE, Reason.SHOT_CUT}),
     ("faces", FACE_WINDOW_REASONS),
     ("good faces", {Reason.LOW_FACE_SCORE, Reason.BLURRY, Reason.BAD_POSE, Reason.FACE_OUT_OF_FRAME}),
     ("same identity", {Reason.IDENTITY_MISMATCH}),

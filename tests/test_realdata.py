@@ -139,3 +139,41 @@ def test_the_music_noise_filter_keeps_real_speech_and_drops_music_and_noise():
     for expr in NEGATIVES.values():
         noise = lavfi(expr)
         assert speech_shares(noise, range(0, len(noise) - 16000 + 1, 16000), 16000).max() < threshold
+
+
+REALVIDS = SHARED_DATA / "realvids"
+
+
+def cut_video(out, first: str, first_s: float, second: str) -> tuple:
+    """`first` for first_s seconds, then a cut to `second` (another person), both on a 1280x720 frame at 25 fps."""
+    fit = "scale=1280:720:force_original_aspect_ratio=decrease,pad=1280:720:-1:-1,setsar=1,fps=25,format=yuv420p"
+    head = f"[0:v]trim=0:{first_s},setpts=PTS-STARTPTS,{fit}[a];[0:a]atrim=0:{first_s},asetpts=PTS-STARTPTS,"
+    graph = head + f"aresample=44100[x];[1:v]{fit}[b];[1:a]aresample=44100[y];[a][x][b][y]concat=n=2:v=1:a=1[v][au]"
+    subprocess.run(["ffmpeg", "-nostdin", "-y", "-v", "error", "-i", str(REALVIDS / f"{first}.mp4"), "-i",
+                    str(REALVIDS / f"{second}.mp4"), "-filter_complex", graph, "-map", "[v]", "-map", "[au]",
+                    "-c:v", "libx264", "-preset", "veryfast", str(out)], check=True)  # fmt: skip
+    return out, first_s
+
+
+def test_shot_cuts_are_found_on_real_video_and_none_within_a_shot(tmp_path):
+    from pipeline.cuts import detect_cuts
+    from pipeline.media import probe
+
+    thr = Config().filters.cut_threshold
+    for p in sorted(REALVIDS.glob("*.mp4")):  # real talking heads, no cut
+        assert detect_cuts(p, probe(p), 0.0, None, thr) == [], p.name
+    path, at = cut_video(tmp_path / "cut.mp4", "vretalk_2", 3.3, "vretalk_5")  # two men framed alike
+    cuts = detect_cuts(path, probe(path), 0.0, None, thr)
+    assert len(cuts) == 1 and abs(cuts[0] - at) <= 0.04, cuts
+
+
+def test_no_window_straddles_a_cut_and_the_other_person_stays_out(tmp_path):
+    path, at = cut_video(tmp_path / "cut.mp4", "visualvoice_noisy_restaurant", 6.5, "vretalk_5")
+    ctx = BuildContext(out=tmp_path / "out", cfg=Config.from_dict({"filters": {"shot_cuts": True}}))
+    status = run_clip(Clip("cut", str(path), "restaurant_man", 1), ctx)
+    assert status.status == "ok", status
+    assert status.window_rejections.get("shot_cut") == 1  # the window [6, 7) s holds the cut
+    metas = [json.loads(s["json"]) for s in read_samples(ctx.clip_tar("cut"))]
+    assert metas and all(m["window_end"] <= at + 1e-6 or m["window_start"] >= at - 1e-6 for m in metas)
+    # the woman after the cut is another person: her windows are dropped (identity_mismatch), none is written
+    assert all(m["frame_time"] < at for m in metas), [m["frame_time"] for m in metas]

@@ -3,7 +3,7 @@ face filters (detector score, out of frame, pose, blur). Per clip, since the tra
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -28,6 +28,7 @@ class FaceStage:
         grid: FrameGrid,
         hint: tuple[float, float] | None = None,
         models: DlibModels | None = None,
+        shot_of: Callable[[float], int] | None = None,
     ):
         self.filters = filters
         self.grid = grid
@@ -36,6 +37,7 @@ class FaceStage:
         self.seen: set[int] = set()  # windows a frame was looked at for
         self.done: set[int] = set()  # ... and that got a face passing the filters
         self.last: dict[int, Verdict] = {}  # the latest rejection of each window not done
+        self.shot_of, self.shot = shot_of, 0  # with shot cuts: the shot of the last frame looked at
 
     @property
     def models(self) -> DlibModels:
@@ -52,6 +54,9 @@ class FaceStage:
         if window is None or k in self.done or (k in self.seen and not several):
             return None
         self.seen.add(k)
+        if self.shot_of is not None and (shot := self.shot_of(frame.time)) != self.shot:
+            self.shot = shot
+            self.cut()  # a new shot: search the whole frame again
         found = self.tracker(frame.rgb)
         if not isinstance(found, Face):
             self.last[k] = Verdict.reject(window, Reason(found))

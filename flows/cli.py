@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.reasons import InputError
 
     try:
-        return _run(_parser().parse_args(argv))
+        return _dispatch(_parser().parse_args(argv))
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -121,7 +121,8 @@ def check_build_inputs(manifest, out, mirror, config, preset) -> None:
     read_manifest(manifest)  # the header's columns; bad rows are data, not errors
 
 
-def _run(args: argparse.Namespace) -> int:
+def _dispatch(args: argparse.Namespace) -> int:
+    """Serve, or run a command with its everyday failures said in one line."""
     if args.command == "serve":
         from flows.deployments import serve_deployments
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -267,6 +268,20 @@ class Config:
         return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:12]
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: `1e9` and `1.0e9` are floats (YAML 1.1 asks for
+    `1.0e+9` and reads the others as strings)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:\d[\d_]*\.?\d*|\.\d+)[eE][-+]?\d+$|^[-+]?(?:\d[\d_]*\.\d*|\.\d+)$|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"
+    ),
+    list("-+0123456789."),
+)
+
+
 def load_config(path: str | Path | None, preset: str | None = None) -> Config:
     """Read a YAML config file (None: the defaults) over a preset (this argument wins over the file's key).
     Every mistake (no such file, bad YAML, an unknown key, a value of the wrong type or out of range) is a
@@ -275,7 +290,7 @@ def load_config(path: str | Path | None, preset: str | None = None) -> Config:
         return Config.from_dict({}, preset)
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=_YamlLoader)
     except OSError as err:
         raise ConfigError(f"config file {path}: {err.strerror or err}") from None
     except yaml.YAMLError as err:

@@ -81,3 +81,13 @@ def test_a_float_setting_takes_an_integer_and_a_missing_file_is_one_line(tmp_pat
     assert load_config(p).filters.min_snr_db == 10
     with pytest.raises(ConfigError, match=r"nope\.yaml: No such file or directory"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_exponent_numbers_read_as_numbers_as_in_yaml_1_2(tmp_path):
+    from pipeline.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("filters:\n  min_sharpness: 1e9\n  max_yaw_deg: 4.5e1\nspeech:\n  window_samples: 16384\n")
+    cfg = load_config(path)
+    assert (cfg.filters.min_sharpness, cfg.filters.max_yaw_deg, cfg.speech.window_samples) == (1e9, 45.0, 16384)
+    assert isinstance(cfg.speech.window_samples, int)

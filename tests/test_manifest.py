@@ -171,5 +171,5 @@ def test_the_demo_manifest_names_files_not_youtube_ids():
     from flows.cli import DEMO_MANIFEST
 
     m = read_manifest(DEMO_MANIFEST)
-    assert len(m.clips) == 5 and not m.rejected and not m.warnings
+    assert len(m.clips) == 9 and not m.rejected and not m.warnings  # six people, a two-face clip, two rejects
     assert all(c.source_kind == "file" and c.youtube_id is None for c in m.clips)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -137,6 +138,28 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+SHUTDOWN_GRACE_S = 20.0  # how long Prefect's runner may take to wind down after Ctrl-C before serve leaves anyway
+
+
+def _interrupt_with_deadline(server: subprocess.Popen | None):
+    """A SIGINT handler: Prefect's runner winds down on KeyboardInterrupt, but a Ctrl-C that lands while it starts
+    a flow run can leave it waiting; after SHUTDOWN_GRACE_S the server is stopped and the process leaves."""
+
+    def handle(signum, frame):
+        def leave():
+            time.sleep(SHUTDOWN_GRACE_S)
+            if server is not None:
+                stop_process(server)
+            print("Prefect server stopped (the runner did not wind down in time)", flush=True)
+            os._exit(0)
+
+        threading.Thread(target=leave, daemon=True).start()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise KeyboardInterrupt
+
+    return handle
+
+
 def serve_deployments(
     channels: str,
     out: str,
@@ -160,6 +183,7 @@ def serve_deployments(
         print(f"Prefect server: UI http://127.0.0.1:{port}, API {api_url}")
     elif not os.environ.get("PREFECT_API_URL"):
         raise SystemExit("error: set PREFECT_API_URL to your Prefect server's API (or use --start-server / make serve)")
+    signal.signal(signal.SIGINT, _interrupt_with_deadline(server))
     try:
         from prefect.settings import PREFECT_API_URL, temporary_settings
 

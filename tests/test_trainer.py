@@ -251,11 +251,11 @@ def utt_shards(media, tmp_path_factory) -> Path:
 def test_voice2face_and_cae_tiny_losses_fall_and_eval_prints_chance(model, utt_shards, tmp_path, capsys):
     run = tmp_path / model
     args = ["train", "--model", model, "--shards", str(utt_shards), "--run", str(run), "--config", "tiny"]
-    assert voiceface([*args, "--steps", "40"]) == 0
+    assert voiceface([*args, "--steps", "80"]) == 0
     m = read_metrics(run / "metrics.csv")
-    assert m["step"] == list(range(1, 41))
+    assert m["step"] == list(range(1, 81))
     for loss in ["e_id", "c_real"] + (["rec"] if model == "cae" else []):
-        first, last = _fall(m[loss])
+        first, last = float(np.mean(m[loss][:10])), float(np.mean(m[loss][-10:]))  # means damp a tiny batch's noise
         assert last < 0.7 * first, (loss, first, last)
     ck = torch.load(run / "checkpoint.pt", weights_only=False)
     assert ck["model"] == model and ck["labels"] == {"eileen": 0, "grace": 1}

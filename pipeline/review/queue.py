@@ -30,6 +30,15 @@ from .db import RESCUE_PREFIX, ClipRow, ItemRow, RescueRow, ReviewDB, now
 REVIEW_DIR = "review"
 RESCUE_SEQ_BASE = 1_000_000_000  # rescue items follow every kept window in the queue
 META_FIELDS = ("window_start", "window_end", "frame_time", "bbox", "source", "speaker_choice", "faces_seen")
+# measured once, by the build's filters (pipeline/quality.py), and read from the sample json, never recomputed
+METRIC_FIELDS = ("det_score", "face_px", "speech_ratio", "rms_dbfs", "sharpness", "av_sync", "av_unsynced")
+
+
+def item_row(key: str, clip_id: str, identity: str, window_index: int, meta: dict, members: dict) -> ItemRow:
+    """A queue item from a sample's json: its metrics and the fields a card shows."""
+    metrics = {k: meta[k] for k in METRIC_FIELDS if meta.get(k) is not None}
+    shown = {k: meta[k] for k in META_FIELDS if k in meta}
+    return ItemRow(key, clip_id, identity, window_index, metrics, shown, members)
 
 
 def db_path(out: Path) -> Path:
@@ -114,22 +123,9 @@ def scan_clip(clip: QueueClip) -> tuple[list[ItemRow], dict[str, bytes]]:
         if "json" not in d:
             continue
         meta = json.loads(d["json"])
-        # measured once, by the build's filters (pipeline/quality.py), and read here, never recomputed
-        keys = ("det_score", "face_px", "speech_ratio", "rms_dbfs", "sharpness", "av_sync", "av_unsynced")
-        metrics = {k: meta[k] for k in keys if meta.get(k) is not None}
         if "dlib.npy" in d:
             vecs[key] = np.load(io.BytesIO(d["dlib.npy"])).astype(np.float32).tobytes()
-        items.append(
-            ItemRow(
-                key=key,
-                clip_id=clip.clip_id,
-                identity=clip.identity,
-                window_index=int(meta.get("window_index", 0)),
-                metrics=metrics,
-                meta={k: meta[k] for k in META_FIELDS if k in meta},
-                members=mem,
-            )
-        )
+        items.append(item_row(key, clip.clip_id, clip.identity, int(meta.get("window_index", 0)), meta, mem))
     return items, vecs
 
 
@@ -457,12 +453,9 @@ def _queue_rejected(out: Path, reasons: list[str]) -> dict[str, int]:
             if r is None:
                 continue
             meta = json.loads(sample["json"])
-            keys = ("det_score", "face_px", "speech_ratio", "rms_dbfs", "sharpness", "av_sync", "av_unsynced")
-            metrics = {k: meta[k] for k in keys if meta.get(k) is not None}
             members = {ext: list(where) for ext, where in index[r["key"]].items()}
             identity = row.get("identity") or meta["identity"]
-            item = ItemRow(r["key"], clip_id, identity, r["window_index"], metrics,
-                           {k: meta[k] for k in META_FIELDS if k in meta}, members)  # fmt: skip
+            item = item_row(r["key"], clip_id, identity, r["window_index"], meta, members)
             seq = (RESCUE_SEQ_BASE + position) * 1_000_000 + r["window_index"]
             rows.append((RescueRow(r["key"], clip_id, r["reason"], rel, st.st_size, st.st_mtime_ns), item, seq))
             counts[r["reason"]] += 1

@@ -59,6 +59,39 @@ def build(manifest_path: Path, out: Path, runner: str = "thread") -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
+def failing_manifest(n: int) -> Path:
+    """`n` rows whose source file does not exist: each fails at once (file_not_found), so only the build's own
+    bookkeeping (planning, tasks, statuses, clips.jsonl, summary, report) is timed."""
+    path = OUT / f"failing-{n}.csv"
+    if not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            f.write("source,id,identity\n")
+            for i in range(n):
+                f.write(f"/nonexistent/voiceface-bench/{i}.mp4,row{i:07d},person{i % 1000}\n")
+    return path
+
+
+def build_failing(n: int, workers: int = 2) -> dict:
+    """A build of `n` fast-failing rows in a fresh process: wall seconds, ms a row, peak RSS, Prefect events
+    the temporary server dropped (its "Subscription queue is full" warnings)."""
+    out = fresh(OUT / f"failing-out-{n}")
+    cmd = [sys.executable, "-c", RUNNER, str(failing_manifest(n)), str(out), "thread"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"build failed:\n{r.stderr[-3000:]}")
+    res = json.loads(line[len("RESULT ") :])
+    text = r.stdout + r.stderr
+    res["dropped_event_warnings"] = text.count("queue is full")
+    res["ms_per_row"] = res["seconds"] * 1000 / n
+    rows = sum(1 for _ in open(out / "clips.jsonl"))
+    if rows != n:
+        raise RuntimeError(f"clips.jsonl has {rows} rows for {n}")
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path

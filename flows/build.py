@@ -1,12 +1,12 @@
-"""The build flow: manifest → one task per clip on a bounded pool (threads, or Dask workers) → clips.jsonl,
-shards, summary.json, report.html, and Prefect artifacts."""
+"""The build flow: manifest → one task per batch of clips on a bounded pool (threads, or Dask workers) →
+clips.jsonl, shards, summary.json, report.html, and Prefect artifacts."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import traceback
+import time
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -16,11 +16,12 @@ from prefect.concurrency.sync import concurrency
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from pipeline.batch import BATCH_CLIPS, BATCH_SECONDS, BatchCrashed, BatchResult, batch_size, batches, run_batch
 from pipeline.build import BuildPlan, describe_plan, finish_build, format_summary, output_paths, plan_build
-from pipeline.clip import BuildContext, read_status, record_crash, run_clip
+from pipeline.clip import BuildContext, read_status, record_crash
 from pipeline.config import DownloadConfig, VGGFaceConfig, load_config
 from pipeline.lock import holds_out_lock
-from pipeline.records import Clip, ClipStatus
+from pipeline.records import Clip
 from pipeline.review.queue import prepare_review
 
 RUNNERS = ("thread", "dask")
@@ -52,10 +53,13 @@ def ensure_youtube_limit(cfg: DownloadConfig) -> None:
             )
 
 
-@task(name="clip", cache_policy=NO_CACHE)
-def clip_task(clip: Clip, ctx: BuildContext) -> ClipStatus:
-    # bad input comes back as a status; a bug raises, so this task run fails and shows in the UI
-    return run_clip(clip, ctx, download_gate=youtube_gate if clip.youtube_id else None)
+@task(name="clips", cache_policy=NO_CACHE)
+def batch_task(clips: list[Clip], ctx: BuildContext) -> BatchResult:
+    # bad input comes back as statuses; a clip that hits a bug is recorded, and this task run then fails (UI)
+    result = run_batch(clips, ctx, download_gate=youtube_gate)
+    if result.crashes:
+        raise BatchCrashed(result)
+    return result
 
 
 def make_task_runner(runner: str, workers: int, address: str | None = None):
@@ -103,12 +107,55 @@ def vggface_stage(plan: BuildPlan, weights: str) -> None:
     """VGG-Face features into every finished clip tar, before the shards are packed from them (tars that have
     them already, with the same settings, are left as they are)."""
     tars = []
-    for c in plan.manifest.clips:
+    for c in plan.clips():
         status = read_status(plan.ctx, c.clip_id)
         if status is not None and status.status == "ok":
             tars.append(plan.ctx.clip_tar(c.clip_id))
-    for lo in range(0, len(tars), VGGFACE_TARS_PER_TASK):
-        print(vggface_task(tars[lo : lo + VGGFACE_TARS_PER_TASK], plan.ctx.cfg.vggface, weights))
+        if len(tars) == VGGFACE_TARS_PER_TASK:
+            print(vggface_task(tars, plan.ctx.cfg.vggface, weights))
+            tars = []
+    if tars:
+        print(vggface_task(tars, plan.ctx.cfg.vggface, weights))
+
+
+def run_batches(plan: BuildPlan, workers: int, batch_clips: int, batch_seconds: float) -> int:
+    """Run the plan's clips as batch tasks, at most 2 per worker in flight (memory stays flat however long the
+    manifest), printing one progress line a batch. Returns how many clips crashed on a bug."""
+    logger = get_run_logger()
+    total = len(plan.todo)
+    size = batch_size(total, workers, batch_clips)
+    pending = batches(plan.todo, size, batch_seconds)
+    in_flight: dict = {}  # future -> (batch, submitted at)
+    done = crashed = n = 0
+    while True:
+        while len(in_flight) < 2 * max(1, workers) and (batch := next(pending, None)) is not None:
+            in_flight[batch_task.submit(batch, plan.ctx)] = (batch, time.time())
+        if not in_flight:
+            return crashed
+        fut = next(as_completed(list(in_flight)))
+        batch, submitted = in_flight.pop(fut)
+        try:
+            result = fut.result()
+        except BatchCrashed as exc:  # its clips are recorded; the crashed ones as failed / internal_error
+            result = exc.result
+            for clip_id, tb in result.crashes:
+                logger.error("clip %s crashed:\n%s", clip_id, tb)
+        except Exception as exc:  # the batch itself died (a worker lost): its unfinished clips are crashes
+            logger.error("batch of %d clips (from %s) failed: %r", len(batch), batch[0].clip_id, exc)
+            result = BatchResult(clips=len(batch))
+            for clip in batch:
+                path = plan.ctx.clip_status_path(clip.clip_id)
+                if not path.exists() or path.stat().st_mtime < submitted:
+                    result.crashes.append((clip.clip_id, repr(exc)))
+                    record_crash(clip, plan.ctx, exc)
+                status = read_status(plan.ctx, clip.clip_id)
+                result.statuses[status.status] += 1
+                if status.reason:
+                    result.reasons[status.reason] += 1
+        crashed += len(result.crashes)
+        done += result.clips
+        n += 1
+        print(f"[{done}/{total}] batch {n}: {result.line()}")
 
 
 # bounded by default too (Prefect's own default pool is not): deployments and subflow calls get this one
@@ -123,6 +170,9 @@ def build_shards(
     workers: int = 2,
     preset: str | None = None,
     wait_for_out: bool = False,
+    batch_clips: int = BATCH_CLIPS,
+    batch_seconds: float = BATCH_SECONDS,
+    repack: bool = False,
 ) -> dict:
     """Build WebDataset shards in OUT from a manifest. Re-running with the same arguments finishes an
     interrupted build and redoes only what is missing or out of date. Another run on the same OUT makes this
@@ -130,30 +180,12 @@ def build_shards(
     logger = get_run_logger()
     cfg = load_config(config, preset)
     vgg_weights = vggface_weights(cfg.vggface)
-    plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
+    plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout, repack=repack)
     print("\n".join(describe_plan(plan, manifest)))
-    if any(c.youtube_id for c in plan.todo):
+    if plan.todo.any_youtube():
         ensure_youtube_limit(cfg.download)
 
-    total, done, crashed = len(plan.todo), 0, 0
-    # a bounded window of submitted futures keeps memory flat for long manifests
-    window = max(1, workers) * 4
-    for lo in range(0, total, window):
-        batch = plan.todo[lo : lo + window]
-        futures = {clip_task.submit(clip, plan.ctx): clip for clip in batch}
-        for fut in as_completed(list(futures)):
-            clip = futures[fut]
-            try:
-                status = fut.result()
-            except Exception as exc:  # a bug in one clip: record it, say it loudly, finish the others
-                crashed += 1
-                logger.error("clip %s crashed:\n%s", clip.clip_id, "".join(traceback.format_exception(exc)))
-                status = record_crash(clip, plan.ctx, exc)
-            done += 1
-            note = f"{status.windows_written} windows" if status.status == "ok" else f"{status.reason}: {status.detail}"
-            print(f"[{done}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s")
-        del futures, batch
-
+    crashed = run_batches(plan, workers, batch_clips, batch_seconds)
     if vgg_weights is not None:
         vggface_stage(plan, vgg_weights)
     summary = finish_build(plan, prepare_review)
@@ -183,6 +215,9 @@ def run_build(
     address: str | None = None,
     preset: str | None = None,
     wait_for_out: bool = False,
+    batch_clips: int = BATCH_CLIPS,
+    batch_seconds: float = BATCH_SECONDS,
+    repack: bool = False,
 ) -> dict:
     """Run the build flow on a bounded pool (Prefect's default thread pool is unbounded)."""
     workers = max(1, int(workers))
@@ -197,6 +232,9 @@ def run_build(
             workers=workers,
             preset=preset,
             wait_for_out=wait_for_out,
+            batch_clips=batch_clips,
+            batch_seconds=batch_seconds,
+            repack=repack,
         )
 
 

@@ -172,56 +172,66 @@ def is_opted_out(clip: Clip, optout: set[str]) -> bool:
 
 def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
     """Parse a manifest; every row ends up either in .clips or in .rejected."""
+    manifest = Manifest()
+    for item in iter_manifest(path, optout, set(), manifest):
+        (manifest.clips if isinstance(item, Clip) else manifest.rejected).append(item)
+    _spread_split_overrides(manifest)
+    return manifest
+
+
+def iter_manifest(path: str | Path, optout: set[str] | None, seen, manifest: Manifest | None = None):
+    """Stream a manifest's rows in file order: a Clip for each row that parsed, a rejected ClipStatus for the
+    others. `seen` holds the clip ids met so far (`in` and `add`; a set, or one on disk for long manifests).
+    Split overrides are not spread over identities here (see `_spread_split_overrides`). The detected format is
+    set on `manifest` when one is given."""
     optout = optout or set()
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
-        # reader.line_num is the physical line a record ends on, which is what an editor shows
-        numbered = [(reader.line_num, r) for r in reader]
-    numbered = [(n, r) for n, r in numbered if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
-    manifest = Manifest()
-    if not numbered:
-        return manifest
-    if _is_generic_header(numbered[0][1]):
-        manifest.format = "generic"
-        header = [c.strip().lower() for c in numbered[0][1]]
-        unknown = set(header) - set(GENERIC_COLUMNS)
-        if unknown:
-            raise ValueError(f"{path}: unknown column(s) {sorted(unknown)}; known: {', '.join(GENERIC_COLUMNS)}")
-        body = numbered[1:]
-    else:
-        manifest.format = "avspeech"
-        header = None
-        body = numbered
-    seen: set[str] = set()
+        header: list[str] | None = None
+        first = True
+        for row in reader:
+            # reader.line_num is the physical line a record ends on, which is what an editor shows
+            line = reader.line_num
+            if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+                continue
+            if first:
+                first = False
+                if _is_generic_header(row):
+                    header = [c.strip().lower() for c in row]
+                    unknown = set(header) - set(GENERIC_COLUMNS)
+                    if unknown:
+                        raise ValueError(
+                            f"{path}: unknown column(s) {sorted(unknown)}; known: {', '.join(GENERIC_COLUMNS)}"
+                        )
+                    if manifest is not None:
+                        manifest.format = "generic"
+                    continue
+                if manifest is not None:
+                    manifest.format = "avspeech"
+            yield _parse_row(row, line, header, optout, seen)
 
-    def reject(clip_id: str, reason: Reason, detail: str, line: int, identity: str | None = None) -> None:
-        manifest.rejected.append(
-            ClipStatus(id=clip_id, status="rejected", reason=reason, detail=f"line {line}: {detail}", line=line,
-                       identity=identity)
-        )  # fmt: skip
 
-    for line, row in body:
-        try:
-            if header is None:
-                clip = parse_avspeech_row(row, line)
-            else:
-                if len(row) > len(header):
-                    raise RowError(f"{len(row)} columns but the header has {len(header)}")
-                clip = parse_generic_row(dict(zip(header, row, strict=False)), line)
-        except RowError as err:
-            reject(_fallback_id(row, header, line), Reason.BAD_ROW, str(err), line)
-            continue
-        if clip.clip_id in seen:
-            detail = f"id {clip.clip_id!r} already used by an earlier row"
-            reject(clip.clip_id, Reason.DUPLICATE_ID, detail, line, clip.identity)
-            continue
-        seen.add(clip.clip_id)
-        if is_opted_out(clip, optout):
-            reject(clip.clip_id, Reason.OPTED_OUT, "listed in the opt-out file", line, clip.identity)
-            continue
-        manifest.clips.append(clip)
-    _spread_split_overrides(manifest)
-    return manifest
+def _parse_row(row: list[str], line: int, header: list[str] | None, optout: set[str], seen) -> Clip | ClipStatus:
+    def reject(clip_id: str, reason: Reason, detail: str, identity: str | None = None) -> ClipStatus:
+        return ClipStatus(id=clip_id, status="rejected", reason=reason, detail=f"line {line}: {detail}", line=line,
+                          identity=identity)  # fmt: skip
+
+    try:
+        if header is None:
+            clip = parse_avspeech_row(row, line)
+        else:
+            if len(row) > len(header):
+                raise RowError(f"{len(row)} columns but the header has {len(header)}")
+            clip = parse_generic_row(dict(zip(header, row, strict=False)), line)
+    except RowError as err:
+        return reject(_fallback_id(row, header, line), Reason.BAD_ROW, str(err))
+    if clip.clip_id in seen:
+        detail = f"id {clip.clip_id!r} already used by an earlier row"
+        return reject(clip.clip_id, Reason.DUPLICATE_ID, detail, clip.identity)
+    seen.add(clip.clip_id)
+    if is_opted_out(clip, optout):
+        return reject(clip.clip_id, Reason.OPTED_OUT, "listed in the opt-out file", clip.identity)
+    return clip
 
 
 def _spread_split_overrides(manifest: Manifest) -> None:

@@ -6,6 +6,7 @@ truncated shard or a duplicated sample behind (the tars themselves are written b
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import json
 import os
@@ -84,6 +85,7 @@ def pack_shards(
         CREATE TEMP TABLE dirty (shard TEXT PRIMARY KEY);
         """
     )
+    layout = json.dumps([dataclasses.asdict(cfg), layout])  # other shard settings: every shard is written again
     db.execute("INSERT INTO meta VALUES ('layout', ?)", (layout,))
     if (out / INDEX_FILE).exists() and not full:
         db.execute("ATTACH DATABASE ? AS prev", (str(out / INDEX_FILE),))

@@ -254,10 +254,10 @@ def write_outputs(
     for w in warnings:
         print(f"warning: {w}", flush=True)
     recover(ctx.out)  # outputs a killed run left staged: its commit finished, or its staging dropped
-    if by_split is not None:
-        stage_bytes(ctx.out, SPLIT_LABELS_FILE, split_labels_bytes(by_split))
     packed = lambda: ((ctx.clip_tar(cid), split) for cid, split, _ in ok())  # noqa: E731
     counts, new_shards = _pack_unless_unchanged(ctx, packed, report, gate, labels, by_split, repack)
+    if by_split is not None:  # staged after packing, which drops what a killed run left staged
+        stage_bytes(ctx.out, SPLIT_LABELS_FILE, split_labels_bytes(by_split))
     ok_file.unlink(missing_ok=True)
     by_status: Counter[str] = Counter()
     with open(stage_path(ctx.out, "clips.jsonl"), "w") as f:

@@ -10,6 +10,7 @@ takes the command's fast path (no Prefect server, no repacking). The clips are c
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -59,12 +60,104 @@ def build(manifest_path: Path, out: Path, runner: str = "thread") -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
+def failing_manifest(n: int) -> Path:
+    """`n` rows whose source file does not exist: each fails at once (file_not_found), so only the build's own
+    bookkeeping (planning, tasks, statuses, clips.jsonl, summary, report) is timed."""
+    path = OUT / f"failing-{n}.csv"
+    if not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            f.write("source,id,identity\n")
+            for i in range(n):
+                f.write(f"/nonexistent/voiceface-bench/{i}.mp4,row{i:07d},person{i % 1000}\n")
+    return path
+
+
+def build_failing(n: int, workers: int = 2) -> dict:
+    """A build of `n` fast-failing rows in a fresh process: wall seconds, ms a row, peak RSS, Prefect events
+    the temporary server dropped (its "Subscription queue is full" warnings)."""
+    out = fresh(OUT / f"failing-out-{n}")
+    cmd = [sys.executable, "-c", RUNNER, str(failing_manifest(n)), str(out), "thread"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if r.returncode != 0 or line is None:
+        raise RuntimeError(f"build failed:\n{r.stderr[-3000:]}")
+    res = json.loads(line[len("RESULT ") :])
+    text = r.stdout + r.stderr
+    res["dropped_event_warnings"] = text.count("queue is full")
+    res["ms_per_row"] = res["seconds"] * 1000 / n
+    rows = sum(1 for _ in open(out / "clips.jsonl"))
+    if rows != n:
+        raise RuntimeError(f"clips.jsonl has {rows} rows for {n}")
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
 def fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path
 
 
+REALVIDS = Path("/work/shared/data/realvids")
+ROWS_1M = os.environ.get("BENCH_ROWS_1M") == "1"  # the 1M-row run takes long: only on request
+
+
+def real_clips(workers: int) -> dict | None:
+    """Clips a second over the real talking-head videos (never copied into the repo), with `workers` workers."""
+    vids = sorted(REALVIDS.glob("*.mp4")) if REALVIDS.is_dir() else []
+    if not vids:
+        return None
+    m = OUT / "realvids.csv"
+    m.write_text("source,id,identity\n" + "".join(f"{v},{v.stem.replace('.', '_')},{v.stem}\n" for v in vids))
+    out = fresh(OUT / f"realvids-{workers}")
+    cmd = [sys.executable, "-c", RUNNER.replace('"2"', f'"{workers}"'), str(m), str(out), "thread"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"build failed:\n{r.stderr[-3000:]}")
+    res = json.loads(line[len("RESULT ") :])
+    res["clips"] = len(vids)
+    res["clips_per_s"] = len(vids) / res["seconds"]
+    return res
+
+
+def scale_figures() -> dict:
+    """Fast-failing rows at 20k and 200k (and 1M with BENCH_ROWS_1M=1); real clips with 1 and 2 workers."""
+    figures = {}
+    sizes = [20_000, 200_000] + ([1_000_000] if ROWS_1M else [])
+    for n in sizes:
+        r = build_failing(n)
+        figures[f"rows_{n}"] = {k: round(v, 3) for k, v in r.items() if isinstance(v, (int, float))}
+        print(
+            f"{n} fast-failing rows, 2 workers: {r['seconds']:.1f} s wall, {r['ms_per_row']:.2f} ms a row "
+            f"(target <= 1.5), peak RSS {r['peak_rss_mb']:.0f} MB, dropped-event warnings {r['dropped_event_warnings']}"
+        )
+    if "rows_200000" in figures:
+        ratio = figures["rows_200000"]["peak_rss_mb"] / figures["rows_20000"]["peak_rss_mb"]
+        figures["rss_ratio_200k_vs_20k"] = round(ratio, 3)
+        print(f"peak RSS 200k / 20k rows: {ratio:.3f} (target <= 1.2)")
+    one, two = real_clips(1), real_clips(2)
+    if one is None:
+        print(f"real clips: {REALVIDS} is absent, skipped")
+    else:
+        figures["real_clips"] = {"1": one, "2": two, "speedup": round(one["seconds"] / two["seconds"], 2)}
+        print(
+            f"real clips ({one['clips']}): {one['clips_per_s']:.3f} clips/s with 1 worker, {two['clips_per_s']:.3f} "
+            f"with 2 -> {figures['real_clips']['speedup']}x (target >= 1.8x on 2 cores)"
+        )
+    return figures
+
+
 def main() -> int:
+    if "--scale-only" not in sys.argv:
+        small()
+    figures = scale_figures()
+    (OUT / "bench_scale.json").write_text(json.dumps(figures, indent=2))
+    print(f"wrote {(OUT / 'bench_scale.json').relative_to(ROOT)}")
+    return 0
+
+
+def small() -> int:
     clip = tiny_clip()
     m50, m500 = manifest(50, clip), manifest(500, clip)
     first = build(m50, fresh(OUT / "out-50"))

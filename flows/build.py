@@ -1,12 +1,13 @@
-"""The build flow: manifest → one task per clip on a bounded pool (threads, or Dask workers) → clips.jsonl,
-shards, summary.json, report.html, and Prefect artifacts."""
+"""The build flow: manifest → one task per batch of clips on a bounded pool (threads, or Dask workers) →
+clips.jsonl, shards, summary.json, report.html, and Prefect artifacts."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
-import traceback
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -18,6 +19,7 @@ from prefect.states import Cancelled, Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from pipeline import interrupt
+from pipeline.batch import BATCH_CLIPS, BATCH_SECONDS, BatchCrashed, BatchResult, batch_size, batches, run_batch
 from pipeline.build import (
     BuildPlan,
     build_failure,
@@ -27,11 +29,11 @@ from pipeline.build import (
     output_paths,
     plan_build,
 )
-from pipeline.clip import BuildContext, read_status, record_crash, run_clip
+from pipeline.clip import BuildContext, read_status, record_crash
 from pipeline.config import DownloadConfig, VGGFaceConfig, load_config
 from pipeline.lock import holds_out_lock
 from pipeline.progress import Progress, eta_text
-from pipeline.records import Clip, ClipStatus
+from pipeline.records import Clip
 from pipeline.review.queue import prepare_review
 
 RUNNERS = ("thread", "dask")
@@ -63,17 +65,13 @@ def ensure_youtube_limit(cfg: DownloadConfig) -> None:
             )
 
 
-@task(name="clip", cache_policy=NO_CACHE)
-def clip_task(clip: Clip, ctx: BuildContext) -> ClipStatus | None:
-    # bad input comes back as a status; a bug raises, so this task run fails and shows in the UI; a clip abandoned
-    # because the run is stopping comes back as None (no status: the next run redoes it)
-    try:
-        return run_clip(clip, ctx, download_gate=youtube_gate if clip.youtube_id else None)
-    except interrupt.Interrupted:
-        return None
-    except interrupt.DiskFull as err:  # the run stops; said once, in one line, by the flow
-        interrupt.stopping.set()
-        return str(err.strerror)
+@task(name="clips", cache_policy=NO_CACHE)
+def batch_task(clips: list[Clip], ctx: BuildContext) -> BatchResult:
+    # bad input comes back as statuses; a clip that hits a bug is recorded, and this task run then fails (UI)
+    result = run_batch(clips, ctx, download_gate=youtube_gate)
+    if result.crashes:
+        raise BatchCrashed(result)
+    return result
 
 
 def make_task_runner(runner: str, workers: int, address: str | None = None):
@@ -121,12 +119,76 @@ def vggface_stage(plan: BuildPlan, weights: str) -> None:
     """VGG-Face features into every finished clip tar, before the shards are packed from them (tars that have
     them already, with the same settings, are left as they are)."""
     tars = []
-    for c in plan.manifest.clips:
+    for c in plan.clips():
         status = read_status(plan.ctx, c.clip_id)
         if status is not None and status.status == "ok":
             tars.append(plan.ctx.clip_tar(c.clip_id))
-    for lo in range(0, len(tars), VGGFACE_TARS_PER_TASK):
-        print(vggface_task(tars[lo : lo + VGGFACE_TARS_PER_TASK], plan.ctx.cfg.vggface, weights))
+        if len(tars) == VGGFACE_TARS_PER_TASK:
+            print(vggface_task(tars, plan.ctx.cfg.vggface, weights))
+            tars = []
+    if tars:
+        print(vggface_task(tars, plan.ctx.cfg.vggface, weights))
+
+
+@dataclass
+class BatchesOutcome:
+    """What all the batches of a run did: finished clips, clips that crashed on a bug, clips abandoned or not
+    started because the run is stopping, and the disk-full message when that is why."""
+
+    clips: int = 0
+    crashed: int = 0
+    abandoned: int = 0
+    disk_full: str | None = None
+
+
+def run_batches(plan: BuildPlan, workers: int, batch_clips: int, batch_seconds: float) -> BatchesOutcome:
+    """Run the plan's clips as batch tasks, at most 2 per worker in flight (memory stays flat however long the
+    manifest), printing one progress line a batch, with the build's ETA. After Ctrl-C, SIGTERM or a full disk no
+    new batch starts, and the batches in flight give up their remaining clips."""
+    logger = get_run_logger()
+    total = len(plan.todo)
+    size = batch_size(total, workers, batch_clips)
+    pending = batches(plan.todo, size, batch_seconds)
+    in_flight: dict = {}  # future -> (batch, submitted at)
+    outcome = BatchesOutcome()
+    progress = Progress(total, "clips", bar=False)  # the ETA of each line (Prefect's logger prints them)
+    n = 0
+    while True:
+        while (
+            len(in_flight) < 2 * max(1, workers)
+            and not interrupt.stopping.is_set()
+            and (batch := next(pending, None)) is not None
+        ):
+            in_flight[batch_task.submit(batch, plan.ctx)] = (batch, time.time())
+        if not in_flight:
+            return outcome
+        fut = next(as_completed(list(in_flight)))
+        batch, submitted = in_flight.pop(fut)
+        try:
+            result = fut.result()
+        except BatchCrashed as exc:  # its clips are recorded; the crashed ones as failed / internal_error
+            result = exc.result
+            for clip_id, tb in result.crashes:
+                logger.error("clip %s crashed:\n%s", clip_id, tb)
+        except Exception as exc:  # the batch itself died (a worker lost): its unfinished clips are crashes
+            logger.error("batch of %d clips (from %s) failed: %r", len(batch), batch[0].clip_id, exc)
+            result = BatchResult(clips=len(batch))
+            for clip in batch:
+                path = plan.ctx.clip_status_path(clip.clip_id)
+                if not path.exists() or path.stat().st_mtime < submitted:
+                    result.crashes.append((clip.clip_id, repr(exc)))
+                    record_crash(clip, plan.ctx, exc)
+                status = read_status(plan.ctx, clip.clip_id)
+                result.statuses[status.status] += 1
+                if status.reason:
+                    result.reasons[status.reason] += 1
+        outcome.crashed += len(result.crashes)
+        outcome.clips += result.clips
+        outcome.abandoned += result.abandoned
+        outcome.disk_full = outcome.disk_full or result.disk_full
+        progress.advance(result.clips)
+        n += 1
+        print(f"[{outcome.clips}/{total}] batch {n}: {result.line()}, {eta_text(progress.eta())}")
 
 
 # bounded by default too (Prefect's own default pool is not): deployments and subflow calls get this one
@@ -141,6 +203,9 @@ def build_shards(
     workers: int = 2,
     preset: str | None = None,
     wait_for_out: bool = False,
+    batch_clips: int = BATCH_CLIPS,
+    batch_seconds: float = BATCH_SECONDS,
+    repack: bool = False,
 ) -> dict:
     """Build WebDataset shards in OUT from a manifest. Re-running with the same arguments finishes an
     interrupted build and redoes only what is missing or out of date. Another run on the same OUT makes this
@@ -149,48 +214,21 @@ def build_shards(
     interrupt.take_signals()  # over the SIGTERM handler Prefect's engine has just installed
     cfg = load_config(config, preset)
     vgg_weights = vggface_weights(cfg.vggface)
-    plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
+    plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout, repack=repack)
     print("\n".join(describe_plan(plan, manifest)))
-    if any(c.youtube_id for c in plan.todo):
+    if plan.todo.any_youtube():
         ensure_youtube_limit(cfg.download)
 
-    total, done, crashed, abandoned = len(plan.todo), 0, 0, 0
-    disk_full = None
-    progress = Progress(total, "clips", bar=False)  # the ETA of each line (Prefect's logger prints them)
-    # a bounded window of submitted futures keeps memory flat for long manifests
-    window = max(1, workers) * 4
-    for lo in range(0, total, window):
-        if interrupt.stopping.is_set():  # Ctrl-C or SIGTERM: no new clips
-            break
-        batch = plan.todo[lo : lo + window]
-        futures = {clip_task.submit(clip, plan.ctx): clip for clip in batch}
-        for fut in as_completed(list(futures)):
-            clip = futures[fut]
-            try:
-                status = fut.result()
-            except Exception as exc:  # a bug in one clip: record it, say it loudly, finish the others
-                crashed += 1
-                logger.error("clip %s crashed:\n%s", clip.clip_id, "".join(traceback.format_exception(exc)))
-                status = record_crash(clip, plan.ctx, exc)
-            if isinstance(status, str):  # the disk is full: stop, say so, resume after space is freed
-                disk_full = status
-                status = None
-            if status is None:  # abandoned by the stop: no status, the next run redoes it
-                abandoned += 1
-                continue
-            done += 1
-            note = f"{status.windows_written} windows" if status.status == "ok" else f"{status.reason}: {status.detail}"
-            progress.advance()
-            eta = eta_text(progress.eta())
-            print(f"[{done}/{total}] {status.id} {status.status} ({note}) {status.seconds:.1f}s, {eta}")
-        del futures, batch
-
-    if disk_full is not None:
-        return Failed(message=disk_full, data={"disk_full": disk_full, "clips_done": done})
+    outcome = run_batches(plan, workers, batch_clips, batch_seconds)
+    done = outcome.clips
+    if outcome.disk_full is not None:
+        return Failed(message=outcome.disk_full, data={"disk_full": outcome.disk_full, "clips_done": done})
     if interrupt.stopping.is_set():
+        total = len(plan.todo)
         message = (
-            f"interrupted: {done} of {total} clips finished, {abandoned} abandoned, {total - done - abandoned} not "
-            "started; the shards were left as they were. Run the same command again to resume."
+            f"interrupted: {done} of {total} clips finished, {outcome.abandoned} abandoned, "
+            f"{total - done - outcome.abandoned} not started; the shards were left as they were. Run the same "
+            "command again to resume."
         )
         return Cancelled(message=message, data={"interrupted": message, "clips_done": done})
     if vgg_weights is not None:
@@ -202,8 +240,8 @@ def build_shards(
             raise
         message = interrupt.disk_full_message(err)
         return Failed(message=message, data={"disk_full": message, "clips_done": done})
-    summary["clips_crashed"] = crashed
-    failure = summary["failed_because"] = build_failure(summary, len(plan.manifest.clips))
+    summary["clips_crashed"] = crashed = outcome.crashed
+    failure = summary["failed_because"] = build_failure(summary, plan.n_clips)
     markdown = summary.pop("report_markdown")
     counts = status_counts(summary)
     verdict = f"**Failed: {failure}**" if failure else "Completed"
@@ -259,6 +297,9 @@ def run_build(
     address: str | None = None,
     preset: str | None = None,
     wait_for_out: bool = False,
+    batch_clips: int = BATCH_CLIPS,
+    batch_seconds: float = BATCH_SECONDS,
+    repack: bool = False,
 ) -> dict:
     """Run the build flow on a bounded pool (Prefect's default thread pool is unbounded)."""
     workers = max(1, int(workers))
@@ -275,6 +316,9 @@ def run_build(
             preset=preset,
             wait_for_out=wait_for_out,
             return_state=True,
+            batch_clips=batch_clips,
+            batch_seconds=batch_seconds,
+            repack=repack,
         )
     summary = result_of(state)
     summary["state"] = state.type.value  # COMPLETED or FAILED, as the Prefect UI shows the run

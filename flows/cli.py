@@ -26,6 +26,11 @@ def _add_build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runner", choices=RUNNERS, default="thread", help="threads, or Dask worker processes")
     p.add_argument("--address", help="with --runner dask: an existing cluster's scheduler, e.g. tcp://host:8786")
     p.add_argument("--wait", action="store_true", help="if another run holds OUT, wait for it instead of stopping")
+    p.add_argument("--batch-clips", type=int, default=200, help="at most this many clips a task (default 200)")
+    p.add_argument(
+        "--batch-seconds", type=float, default=1800.0, help="at most about this much source video a task (seconds)"
+    )
+    p.add_argument("--repack", action="store_true", help="rewrite every shard, not only those whose clips changed")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -184,12 +189,15 @@ def _run(args: argparse.Namespace) -> int:
         manifest, mirror = args.manifest, args.mirror
     check_build_inputs(manifest, args.out, mirror, args.config, args.preset)
     with out_lock(args.out, f"voiceface {args.command}", wait=args.wait):
-        summary = finish_if_all_cached(manifest, args.out, mirror, args.config, args.optout, args.preset)
+        summary = finish_if_all_cached(
+            manifest, args.out, mirror, args.config, args.optout, args.preset, repack=args.repack
+        )
         if summary is None:
             from flows.build import run_build
 
             pool = dict(config=args.config, optout=args.optout, workers=args.workers, runner=args.runner)
             pool["preset"] = args.preset
+            pool.update(batch_clips=args.batch_clips, batch_seconds=args.batch_seconds, repack=args.repack)
             summary = run_build(manifest, args.out, mirror=mirror, address=args.address, **pool)
     # bad clips are data (clips.jsonl), not a failed command; a clip that crashed on a bug, or a build in which
     # every clip failed, is (the same rule makes the Prefect run Failed)
@@ -205,7 +213,7 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> dict | None:
+def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None, repack=False) -> dict | None:
     """When every clip is already done with these settings and no Prefect server is configured, repack and
     report without starting Prefect's temporary server (seconds of start-up for no task); else None."""
     if os.environ.get("PREFECT_API_URL"):
@@ -217,14 +225,14 @@ def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None) -> 
     cfg = load_config(config, preset)
     if resolve_weights(cfg.vggface) is not None:
         return None  # the VGG-Face stage may have features to add to cached clips: that is GPU work for the flow
-    plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout)
+    plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout, repack=repack)
     if plan.todo:
         return None
     print("\n".join(describe_plan(plan, manifest)))
     print("nothing to process: packing shards and the report without starting Prefect")
     summary = finish_build(plan, prepare_review)
     summary.pop("report_markdown")
-    summary["failed_because"] = build_failure(summary, len(plan.manifest.clips))
+    summary["failed_because"] = build_failure(summary, plan.n_clips)
     print(format_summary(summary) + "\n" + output_paths(out))
     return summary
 

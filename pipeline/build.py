@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import heapq
 import json
 import os
 import time
@@ -34,10 +33,11 @@ from .labels import (
     split_labels_bytes,
     update_labels,
 )
-from .manifest import Manifest, read_manifest, read_optout
+from .manifest import Manifest, iter_manifest, read_optout
 from .media import require_ffmpeg
 from .records import Clip, ClipStatus
 from .report import RunReport
+from .rowstore import CACHED, NEW, REDONE, ROWS_FILE, RowStore
 from .shards import SHARD_DIR, clean_interrupted, pack_shards
 from .tars import read_samples
 
@@ -46,13 +46,56 @@ DEFAULT_OPTOUT = Path(__file__).resolve().parents[1] / "manifests" / "optout.txt
 
 @dataclass
 class BuildPlan:
+    """A planned build. Its rows live on disk (pipeline/rowstore.py), so a plan's memory does not grow with the
+    manifest: `todo` and `clips()` stream them in line order."""
+
     ctx: BuildContext
-    manifest: Manifest
-    todo: list[Clip] = field(default_factory=list)
+    store: RowStore
+    format: str = "generic"
+    warnings: list[str] = field(default_factory=list)
     n_new: int = 0  # never processed
     n_cached: int = 0  # done earlier with the same settings and pipeline version: no media work
     n_redone: int = 0  # done earlier, but the settings or version changed, or it failed in a retryable way
+    n_rejected: int = 0  # rows not processed: bad rows, duplicates, opt-outs
+    repack: bool = False  # rewrite every shard, not only those whose clips changed
     started: float = field(default_factory=time.time)
+
+    @property
+    def todo(self) -> Todo:
+        """The clips that need work (new and redone), in line order."""
+        return Todo(self)
+
+    def clips(self) -> Iterator[Clip]:
+        """Every clip to be in the build (not the rejected rows), in line order."""
+        return (clip for clip, _ in self.store.clips())
+
+    @property
+    def n_clips(self) -> int:
+        """Rows that are clips of the build (all but the rejected rows)."""
+        return self.n_new + self.n_cached + self.n_redone
+
+    @property
+    def n_rows(self) -> int:
+        return self.n_new + self.n_cached + self.n_redone + self.n_rejected
+
+
+class Todo:
+    """A plan's clips to process: iterable (again and again, from disk), sized, true when not empty."""
+
+    def __init__(self, plan: BuildPlan):
+        self.plan = plan
+
+    def __iter__(self) -> Iterator[Clip]:
+        return (clip for clip, _ in self.plan.store.clips(NEW, REDONE))
+
+    def __len__(self) -> int:
+        return self.plan.n_new + self.plan.n_redone
+
+    def __bool__(self) -> bool:
+        return len(self) > 0
+
+    def any_youtube(self) -> bool:
+        return self.plan.store.any_youtube(NEW, REDONE)
 
 
 def plan_build(
@@ -61,14 +104,15 @@ def plan_build(
     cfg: Config | None = None,
     mirror: str | Path | None = None,
     optout_files: list[str | Path] | None = None,
+    repack: bool = False,
 ) -> BuildPlan:
-    """Parse the manifest (honouring the opt-out lists) and sort clips into new, cached and redone."""
+    """Stream the manifest (honouring the opt-out lists) into OUT/.work/rows.sqlite, sorting its clips into new,
+    cached and redone. `repack`: the finish rewrites every shard."""
     require_ffmpeg()
     manifest_path = Path(manifest_path)
     optout: set[str] = set()
     for f in [DEFAULT_OPTOUT, *(optout_files or [])]:
         optout |= read_optout(f)
-    manifest = read_manifest(manifest_path, optout)
     ctx = BuildContext(
         out=Path(out),
         cfg=cfg or Config(),
@@ -77,21 +121,29 @@ def plan_build(
     )
     (ctx.work / "clips").mkdir(parents=True, exist_ok=True)
     remove_partials(ctx.out)
-    plan = BuildPlan(ctx, manifest)
-    for clip in manifest.clips:
-        if cached_status(clip, ctx) is not None:
-            plan.n_cached += 1
+    store = RowStore(ctx.work / ROWS_FILE, fresh=True)
+    plan = BuildPlan(ctx, store, repack=repack)
+    header = Manifest()
+    store.begin()
+    for item in iter_manifest(manifest_path, optout, store.seen, header):
+        if isinstance(item, ClipStatus):
+            store.add_rejected(item)
+            plan.n_rejected += 1
+            if item.reason == "opted_out":  # its earlier output is deleted, not merely left out of the shards
+                for p in (ctx.clip_tar(item.id), ctx.clip_status_path(item.id)):
+                    p.unlink(missing_ok=True)
             continue
-        plan.todo.append(clip)
-        if ctx.clip_status_path(clip.clip_id).exists():
+        if cached_status(item, ctx) is not None:
+            plan.n_cached += 1
+            store.add_clip(item, CACHED)
+        elif ctx.clip_status_path(item.clip_id).exists():
             plan.n_redone += 1
+            store.add_clip(item, REDONE)
         else:
             plan.n_new += 1
-    # an opted-out clip's earlier output is deleted, not merely left out of the shards
-    for status in manifest.rejected:
-        if status.reason == "opted_out":
-            for p in (ctx.clip_tar(status.id), ctx.clip_status_path(status.id)):
-                p.unlink(missing_ok=True)
+            store.add_clip(item, NEW)
+    plan.format = header.format
+    plan.warnings = header.warnings + store.finish()
     return plan
 
 
@@ -106,15 +158,19 @@ def remove_partials(out: Path) -> None:
     clean_interrupted(out)
 
 
+SKIPPED_SHOWN = 50  # rows not processed that the plan prints (clips.jsonl lists them all)
+
+
 def describe_plan(plan: BuildPlan, manifest_path: str | Path) -> list[str]:
-    """What a build is about to do, and every row it will not process, with the reason."""
-    m = plan.manifest
+    """What a build is about to do, and the rows it will not process, with the reason (the first ones)."""
     lines = [
-        f"manifest {manifest_path}: {m.n_rows} rows ({m.format}); {plan.n_new} new, {plan.n_cached} cached, "
-        f"{plan.n_redone} to redo; {len(m.rejected)} not processed"
+        f"manifest {manifest_path}: {plan.n_rows} rows ({plan.format}); {plan.n_new} new, {plan.n_cached} cached, "
+        f"{plan.n_redone} to redo; {plan.n_rejected} not processed"
     ]
-    lines += [f"  skipped {bad.id}: {bad.reason}: {bad.detail}" for bad in m.rejected]
-    lines += [f"  warning: {w}" for w in m.warnings]
+    lines += [f"  skipped {bad.id}: {bad.reason}: {bad.detail}" for bad in plan.store.rejected(SKIPPED_SHOWN)]
+    if plan.n_rejected > SKIPPED_SHOWN:
+        lines.append(f"  ... and {plan.n_rejected - SKIPPED_SHOWN} more rows not processed (see clips.jsonl)")
+    lines += [f"  warning: {w}" for w in plan.warnings]
     return lines
 
 
@@ -130,11 +186,9 @@ def _rows(plan: BuildPlan) -> Iterator[tuple[ClipStatus, bool]]:
     """Every manifest row's status in line order, and whether a clip was run for it: rejected rows come from
     the manifest, the rest from the clips' records on disk."""
     ctx = plan.ctx
-    rejected = ((s.line or 0, i, s, None) for i, s in enumerate(plan.manifest.rejected))
-    clips = ((c.line, -1, c.clip_id, c) for c in plan.manifest.clips)
-    for _, _, item, clip in heapq.merge(rejected, clips, key=lambda t: (t[0], t[1])):
-        if clip is None:
-            yield item, False
+    for clip in plan.store.rows():
+        if isinstance(clip, ClipStatus):
+            yield clip, False
             continue
         status = read_status(ctx, clip.clip_id)
         if status is None:
@@ -164,7 +218,7 @@ def finish_build(plan: BuildPlan, curate: Callable[[BuildPlan], KeepGate | None]
     gate = curate(plan) if curate is not None else None
     run = {"clips_new": plan.n_new, "clips_cached": plan.n_cached, "clips_redone": plan.n_redone}
     run["clips_processed"] = len(plan.todo)
-    return write_outputs(ctx, lambda: _rows(plan), gate, run, plan.started)
+    return write_outputs(ctx, lambda: _rows(plan), gate, run, plan.started, repack=plan.repack)
 
 
 def write_outputs(
@@ -173,27 +227,43 @@ def write_outputs(
     gate: KeepGate | None,
     run: dict,
     started: float,
+    repack: bool = False,
 ) -> dict:
     """Pack the ok clips of `rows()` (line-ordered statuses, read twice), then write clips.jsonl, summary.json
-    and report.html. Shared by the build and by publishing after review."""
+    and report.html. Shared by the build and by publishing after review. Shards whose clips did not change are
+    kept as they are; `repack` rewrites them all."""
     report = RunReport()
     rescued = gate.rescued if gate is not None else {}
-    ok = [s for s, ran in rows() if ran and (s.status == "ok" or s.id in rescued)]
-    packed = [(ctx.clip_tar(s.id), s.split) for s in ok]
+    # the ok clips, spooled to a scratch file in one pass over the rows: packing reads them more than once
+    ok_file = ctx.work / "ok-clips.jsonl"
+    ctx.work.mkdir(parents=True, exist_ok=True)
+    with open(ok_file, "w") as f:
+        for s, ran in rows():
+            if ran and (s.status == "ok" or s.id in rescued):
+                f.write(json.dumps([s.id, s.split, s.identity]) + "\n")
+
+    def ok() -> Iterator[tuple[str, str, str | None]]:
+        with open(ok_file) as f:
+            for line in f:
+                yield tuple(json.loads(line))
+
     labels = by_split = None  # once OUT has a label map, every packing keeps it up to date
     if ctx.cfg.extras.labels or (ctx.out / LABELS_FILE).exists():
-        labels = update_labels(ctx.out, (s.identity for s in ok if s.identity is not None))
-        by_split = split_labels(labels, ((s.identity, s.split) for s in ok if s.identity is not None))
-    warnings = few_identity_splits(
-        by_split or split_labels({i: 0 for i in {s.identity for s in ok}}, ((s.identity, s.split) for s in ok))
-    )
+        labels = update_labels(ctx.out, (i for _, _, i in ok() if i is not None))
+        by_split = split_labels(labels, ((i, split) for _, split, i in ok() if i is not None))
+    few: dict[str, dict[str, int]] = {}  # up to 2 identities a split: enough to warn about splits with fewer
+    for _, split, identity in ok():
+        if len(seen := few.setdefault(split, {})) < 2:
+            seen[identity] = 0
+    warnings = few_identity_splits(by_split or few)
     for w in warnings:
         print(f"warning: {w}", flush=True)
-    del ok
     recover(ctx.out)  # outputs a killed run left staged: its commit finished, or its staging dropped
-    if by_split is not None:
+    packed = lambda: ((ctx.clip_tar(cid), split) for cid, split, _ in ok())  # noqa: E731
+    counts, new_shards = _pack_unless_unchanged(ctx, packed, report, gate, labels, by_split, repack)
+    if by_split is not None:  # staged after packing, which drops what a killed run left staged
         stage_bytes(ctx.out, SPLIT_LABELS_FILE, split_labels_bytes(by_split))
-    counts, new_shards = _pack_unless_unchanged(ctx, packed, report, gate, labels, by_split)
+    ok_file.unlink(missing_ok=True)
     by_status: Counter[str] = Counter()
     with open(stage_path(ctx.out, "clips.jsonl"), "w") as f:
         for status, ran in rows():
@@ -228,18 +298,20 @@ def add_rejected_examples(ctx: BuildContext, clip_id: str, report: RunReport) ->
 
 def _pack_unless_unchanged(
     ctx: BuildContext,
-    packed: list[tuple[Path, str]],
+    packed: Callable[[], Iterable[tuple[Path, str]]],
     report: RunReport,
     gate: KeepGate | None,
     labels: dict[str, int] | None = None,
     by_split: dict[str, dict[str, int]] | None = None,
+    repack: bool = False,
 ) -> tuple[dict, bool]:
     """Pack the shards, unless the inputs of the last packing (the same clip tars, splits, shard settings and
     review decisions) are unchanged and its shards are still in place: then they already are what packing
-    would write. What packing observed (report data, review outcomes) is kept with the record. Returns (counts,
-    whether new shards were staged in OUT/shards.partial); everything written is staged for the commit."""
+    would write. What packing observed (report data, review outcomes) is kept with the record. Otherwise only
+    the shards whose clips changed are written (all of them with `repack`). Returns (counts, whether new shards
+    were staged in OUT/shards.partial); everything written is staged for the commit."""
     digest = hashlib.sha1(repr((PIPELINE_VERSION, dataclasses.asdict(ctx.cfg.shards))).encode())
-    for tar, split in packed:
+    for tar, split in packed():
         for path in (tar, sidecar_path(tar)):  # a new sidecar (features) changes the shards too
             st = path.stat() if path.exists() else None
             digest.update(f"{path.name}|{split}|{st and st.st_size}|{st and st.st_mtime_ns}\n".encode())
@@ -250,7 +322,7 @@ def _pack_unless_unchanged(
     if labels is not None or cae is not None:
         digest.update(json.dumps([labels, by_split, cae is not None], sort_keys=True).encode())
     record = ctx.work / "pack.json"
-    if record.exists():
+    if record.exists() and not repack:
         last = json.loads(record.read_text())
         expected = {f"{split}-{i:06d}.tar" for split, c in last["counts"].items() for i in range(c["shards"])}
         present = {p.name for p in (ctx.out / SHARD_DIR).glob("*.tar")}
@@ -269,11 +341,28 @@ def _pack_unless_unchanged(
         meta["identity_label"] = labels[meta["identity"]]
         meta["split_label"] = by_split[meta["split"]][meta["identity"]]
 
+    clip_gate = getattr(gate, "clip_fingerprint", None)
+
+    def fingerprint(tar: Path, split: str) -> str:
+        """What a clip's samples in the shards depend on, besides the layout: equal ones pack the same bytes."""
+        parts = [split]
+        for path in (tar, sidecar_path(tar)):
+            st = path.stat() if path.exists() else None
+            parts.append(f"{st and st.st_size}:{st and st.st_mtime_ns}")
+        if gate is not None:
+            parts.append(clip_gate(tar.stem) if clip_gate is not None else gate.fingerprint())
+        if labels is not None:
+            identity = _identity_of(tar)
+            parts.append(f"{labels.get(identity)}:{by_split.get(split, {}).get(identity)}")
+        return "|".join(parts)
+
+    layout = {"version": PIPELINE_VERSION, "shards": dataclasses.asdict(ctx.cfg.shards), "labels": labels is not None}
+    layout["gate"] = None if gate is None else [type(gate).__name__, getattr(gate, "include_unreviewed", None)]
     placed = cae.add if cae is not None else None
     extra = gate.extra if gate is not None else None
     counts = pack_shards(
         ctx.out,
-        packed,
+        packed(),
         ctx.cfg.shards,
         keep=gate,
         observe=observe,
@@ -281,6 +370,9 @@ def _pack_unless_unchanged(
         placed=placed,
         extra=extra,
         swap=False,
+        fingerprint=fingerprint,
+        layout=json.dumps(layout, sort_keys=True),
+        full=repack,
     )
     if cae is not None:
         stage_bytes(ctx.out, CAE_INDEX_FILE, cae.to_bytes())
@@ -289,6 +381,12 @@ def _pack_unless_unchanged(
     state["review_outcomes"] = gate.outcomes if gate is not None else {}
     stage_bytes(ctx.out, os.path.relpath(record, ctx.out), json.dumps(state).encode())
     return counts, True
+
+
+def _identity_of(tar: Path) -> str | None:
+    """A clip's identity, from its status record next to its tar."""
+    path = tar.with_suffix(".json")
+    return json.loads(path.read_text()).get("identity") if path.exists() else None
 
 
 def _public_row(s: ClipStatus) -> dict:

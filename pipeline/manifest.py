@@ -218,70 +218,83 @@ def is_opted_out(clip: Clip, optout: set[str]) -> bool:
 
 def read_manifest(path: str | Path, optout: set[str] | None = None) -> Manifest:
     """Parse a manifest; every row ends up either in .clips or in .rejected."""
+    manifest = Manifest()
+    for item in iter_manifest(path, optout, set(), manifest):
+        (manifest.clips if isinstance(item, Clip) else manifest.rejected).append(item)
+    _spread_split_overrides(manifest)
+    return manifest
+
+
+def iter_manifest(path: str | Path, optout: set[str] | None, seen, manifest: Manifest | None = None):
+    """Stream a manifest's rows in file order: a Clip for each row that parsed, a rejected ClipStatus for the
+    others. `seen` holds the clip ids met so far (`in` and `add`; a set, or one on disk for long manifests).
+    Split overrides are not spread over identities here (see `_spread_split_overrides`). The detected format is
+    set on `manifest` when one is given."""
     optout = optout or set()
     csv.field_size_limit(max(csv.field_size_limit(), CSV_FIELD_LIMIT))
+    header: list[str] | None = None
+    first = True
+    n_bare, first_bare = 0, None
     try:
         # bytes that are not UTF-8 become lone surrogates, so one bad byte spoils its row, not the file
         with open(path, newline="", encoding="utf-8-sig", errors="surrogateescape") as f:
             reader = csv.reader(f)
-            # reader.line_num is the physical line a record ends on, which is what an editor shows
-            numbered = [(reader.line_num, r) for r in reader]
+            for row in reader:
+                # reader.line_num is the physical line a record ends on, which is what an editor shows
+                line = reader.line_num
+                if not any(c.strip() for c in row) or row[0].lstrip().startswith("#"):
+                    continue
+                if first:
+                    first = False
+                    if _is_generic_header(row):
+                        header = [c.strip().lower() for c in row]
+                        unknown = set(header) - set(GENERIC_COLUMNS)
+                        if unknown:
+                            known = ", ".join(GENERIC_COLUMNS)
+                            raise InputError(f"manifest {path}: unknown column(s) {sorted(unknown)}; known: {known}")
+                        if manifest is not None:
+                            manifest.format = "generic"
+                        continue
+                    if manifest is not None:
+                        manifest.format = "avspeech"
+                item = _parse_row(row, line, header, optout, seen)
+                if isinstance(item, Clip) and item.source_rule == BARE_ID_RULE:
+                    n_bare, first_bare = n_bare + 1, first_bare or item
+                yield item
     except (OSError, csv.Error) as err:
         why = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise InputError(f"manifest {path}: {why}") from None
-    numbered = [(n, r) for n, r in numbered if any(c.strip() for c in r) and not r[0].lstrip().startswith("#")]
-    manifest = Manifest()
-    if not numbered:
-        return manifest
-    if _is_generic_header(numbered[0][1]):
-        manifest.format = "generic"
-        header = [c.strip().lower() for c in numbered[0][1]]
-        unknown = set(header) - set(GENERIC_COLUMNS)
-        if unknown:
-            known = ", ".join(GENERIC_COLUMNS)
-            raise InputError(f"manifest {path}: unknown column(s) {sorted(unknown)}; known: {known}")
-        body = numbered[1:]
-    else:
-        manifest.format = "avspeech"
-        header = None
-        body = numbered
-    seen: set[str] = set()
-
-    def reject(clip_id: str, reason: Reason, detail: str, line: int, identity: str | None = None) -> None:
-        manifest.rejected.append(
-            ClipStatus(id=clip_id, status="rejected", reason=reason, detail=f"line {line}: {detail}", line=line,
-                       identity=identity)
-        )  # fmt: skip
-
-    for line, row in body:
-        try:
-            check_fields(row)
-            if header is None:
-                clip = parse_avspeech_row(row, line)
-            else:
-                if len(row) != len(header):
-                    raise RowError(f"{len(row)} columns but the header has {len(header)}")
-                clip = parse_generic_row(dict(zip(header, row, strict=True)), line)
-        except RowError as err:
-            reject(_fallback_id(row, header, line), Reason.BAD_ROW, str(err), line)
-            continue
-        if clip.clip_id in seen:
-            detail = f"id {clip.clip_id!r} already used by an earlier row"
-            reject(clip.clip_id, Reason.DUPLICATE_ID, detail, line, clip.identity)
-            continue
-        seen.add(clip.clip_id)
-        if is_opted_out(clip, optout):
-            reject(clip.clip_id, Reason.OPTED_OUT, "listed in the opt-out file", line, clip.identity)
-            continue
-        manifest.clips.append(clip)
-    _spread_split_overrides(manifest)
-    bare = [c for c in manifest.clips if c.source_rule == BARE_ID_RULE]
-    if bare:
+    if first_bare is not None and manifest is not None:
         manifest.warnings.append(
-            f"{len(bare)} source(s) are bare 11-character names (line {bare[0].line}: {bare[0].source!r}), used as a "
-            "local file when one exists, else downloaded as YouTube ids; write yt:ID or file:PATH to say which"
+            f"{n_bare} source(s) are bare 11-character names (line {first_bare.line}: {first_bare.source!r}), used "
+            "as a local file when one exists, else downloaded as YouTube ids; write yt:ID or file:PATH to say which"
         )
-    return manifest
+
+
+def _parse_row(row: list[str], line: int, header: list[str] | None, optout: set[str], seen) -> Clip | ClipStatus:
+    """One manifest record → a Clip, or a rejected ClipStatus naming its line and why."""
+
+    def reject(clip_id: str, reason: Reason, detail: str, identity: str | None = None) -> ClipStatus:
+        return ClipStatus(id=clip_id, status="rejected", reason=reason, detail=f"line {line}: {detail}", line=line,
+                          identity=identity)  # fmt: skip
+
+    try:
+        check_fields(row)
+        if header is None:
+            clip = parse_avspeech_row(row, line)
+        else:
+            if len(row) != len(header):
+                raise RowError(f"{len(row)} columns but the header has {len(header)}")
+            clip = parse_generic_row(dict(zip(header, row, strict=True)), line)
+    except RowError as err:
+        return reject(_fallback_id(row, header, line), Reason.BAD_ROW, str(err))
+    if clip.clip_id in seen:
+        detail = f"id {clip.clip_id!r} already used by an earlier row"
+        return reject(clip.clip_id, Reason.DUPLICATE_ID, detail, clip.identity)
+    seen.add(clip.clip_id)
+    if is_opted_out(clip, optout):
+        return reject(clip.clip_id, Reason.OPTED_OUT, "listed in the opt-out file", clip.identity)
+    return clip
 
 
 def check_fields(row: list[str]) -> None:

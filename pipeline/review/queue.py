@@ -287,6 +287,7 @@ class ReviewGate:
     include_unreviewed: bool = False
     outcomes: dict[str, Counter] = field(default_factory=dict)
     rescued: dict[str, tuple[Path, set[str]]] = field(default_factory=dict)  # clip -> (rejected tar, accepted keys)
+    _by_clip: dict[str, str] | None = field(default=None, repr=False, compare=False)
 
     def extra(self, clip_tar: Path):
         """The clip's rejected windows a reviewer accepted (their samples, from its rejected-windows tar)."""
@@ -337,6 +338,24 @@ class ReviewGate:
                 row.reason = str(Reason.REVIEW_PENDING if pending else Reason.REVIEW_REJECTED)
                 row.detail = "no window left after review: " + ", ".join(f"{k} {v}" for k, v in row.review.items())
 
+    def clip_fingerprint(self, clip_id: str) -> str:
+        """A digest of the decisions packing applies to one clip's windows (and the rescued ones it gets back):
+        incremental packing rewrites only the shards of clips whose digest changed."""
+        if self._by_clip is None:
+            by_clip: dict[str, list[str]] = {}
+            for name in ("accepted", "rejected", "queued"):
+                for key in getattr(self, name):
+                    by_clip.setdefault(key.rsplit("-", 1)[0], []).append(f"{name}:{key}")
+            self._by_clip = {
+                c: hashlib.sha1("\0".join(sorted(v)).encode()).hexdigest()[:16] for c, v in by_clip.items()
+            }
+        rescued = self.rescued.get(clip_id)
+        extra = ""
+        if rescued is not None:
+            st = rescued[0].stat() if rescued[0].exists() else None
+            extra = f"|{st and st.st_size}:{st and st.st_mtime_ns}|" + ",".join(sorted(rescued[1]))
+        return f"{self._by_clip.get(clip_id, '-')}{extra}"
+
     def fingerprint(self) -> str:
         """A digest of the decisions packing applies: equal fingerprints pack the same samples."""
         digest = hashlib.sha1(f"{self.include_unreviewed}".encode())
@@ -365,7 +384,7 @@ def prepare_review(plan) -> ReviewGate | None:
 
     ctx = plan.ctx
     if ctx.cfg.review.queue_on_build:
-        ok = [(c, s) for c in plan.manifest.clips if (s := read_status(ctx, c.clip_id)) and s.status == "ok"]
+        ok = ((c, s) for c in plan.clips() if (s := read_status(ctx, c.clip_id)) and s.status == "ok")
         fill_queue(ctx.out, build_clips(ctx.out, ok, ctx.mirror, ctx.base_dir), ctx.cfg.review)
     return load_gate(ctx.out, ctx.cfg.review)
 

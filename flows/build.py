@@ -182,6 +182,7 @@ def run_batches(plan: BuildPlan, workers: int, batch_clips: int, batch_seconds: 
                 result.statuses[status.status] += 1
                 if status.reason:
                     result.reasons[status.reason] += 1
+        plan.store.set_statuses(result.records)
         outcome.crashed += len(result.crashes)
         outcome.clips += result.clips
         outcome.abandoned += result.abandoned

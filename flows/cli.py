@@ -218,13 +218,23 @@ def finish_if_all_cached(manifest, out, mirror, config, optout, preset=None, rep
     report without starting Prefect's temporary server (seconds of start-up for no task); else None."""
     if os.environ.get("PREFECT_API_URL"):
         return None  # a real server is cheap to use and keeps the run history
-    from pipeline.build import build_failure, describe_plan, finish_build, format_summary, output_paths, plan_build
+    from pipeline.build import (
+        build_failure,
+        describe_plan,
+        finish_build,
+        format_summary,
+        needs_work,
+        output_paths,
+        plan_build,
+    )
     from pipeline.config import load_config, resolve_weights
     from pipeline.review.queue import prepare_review
 
     cfg = load_config(config, preset)
     if resolve_weights(cfg.vggface) is not None:
         return None  # the VGG-Face stage may have features to add to cached clips: that is GPU work for the flow
+    if needs_work(manifest, out, cfg, optout):
+        return None
     plan = plan_build(manifest, out, cfg, mirror=mirror, optout_files=optout, repack=repack)
     if plan.todo:
         return None

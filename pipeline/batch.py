@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import interrupt
 from .clip import BuildContext, record_crash, run_clip
 from .config import SAMPLE_RATE
-from .records import Clip
+from .records import Clip, ClipStatus
 
 BATCH_CLIPS = 200  # at most this many clips a batch
 BATCH_SECONDS = 1800.0  # at most about this much source video a batch (seconds between start and end)
@@ -29,6 +29,7 @@ class BatchResult:
 
     clips: int = 0
     statuses: Counter = field(default_factory=Counter)  # ok / rejected / failed
+    records: list[ClipStatus] = field(default_factory=list)  # each finished clip's status (the build keeps them)
     reasons: Counter = field(default_factory=Counter)
     windows: int = 0  # samples written
     seconds: float = 0.0  # wall time of the batch
@@ -108,6 +109,7 @@ def run_batch(clips: list[Clip], ctx: BuildContext, download_gate: Callable[[], 
             result.crashes.append((clip.clip_id, "".join(traceback.format_exception(exc))))
             status = record_crash(clip, ctx, exc, time.perf_counter() - t)
         result.clips += 1
+        result.records.append(status)
         result.statuses[status.status] += 1
         if status.reason:
             result.reasons[status.reason] += 1

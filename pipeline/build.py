@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from . import PIPELINE_VERSION
-from .clip import BuildContext, cached_status, read_status, split_of
+from .clip import BuildContext, is_cached, read_status, split_of
 from .commit import commit, recover, stage_bytes, stage_path
 from .config import Config
 from .enrich import sidecar_path
@@ -133,10 +133,11 @@ def plan_build(
                 for p in (ctx.clip_tar(item.id), ctx.clip_status_path(item.id)):
                     p.unlink(missing_ok=True)
             continue
-        if cached_status(item, ctx) is not None:
+        status = read_status(ctx, item.clip_id)
+        if status is not None and is_cached(status, ctx):
             plan.n_cached += 1
-            store.add_clip(item, CACHED)
-        elif ctx.clip_status_path(item.clip_id).exists():
+            store.add_clip(item, CACHED, status)
+        elif status is not None:
             plan.n_redone += 1
             store.add_clip(item, REDONE)
         else:
@@ -145,6 +146,23 @@ def plan_build(
     plan.format = header.format
     plan.warnings = header.warnings + store.finish()
     return plan
+
+
+def needs_work(
+    manifest_path: str | Path, out: str | Path, cfg: Config, optout_files: list[str | Path] | None = None
+) -> bool:
+    """Whether some clip of the manifest has no final status under these settings. Stops at the first one, so
+    asking costs next to nothing for a new build (a full plan reads every row)."""
+    optout: set[str] = set()
+    for f in [DEFAULT_OPTOUT, *(optout_files or [])]:
+        optout |= read_optout(f)
+    ctx = BuildContext(out=Path(out), cfg=cfg, mirror=None, base_dir=Path(manifest_path).resolve().parent)
+    for item in iter_manifest(manifest_path, optout, set()):
+        if isinstance(item, Clip):
+            status = read_status(ctx, item.clip_id)
+            if status is None or not is_cached(status, ctx):
+                return True
+    return False
 
 
 def remove_partials(out: Path) -> None:
@@ -186,11 +204,12 @@ def _rows(plan: BuildPlan) -> Iterator[tuple[ClipStatus, bool]]:
     """Every manifest row's status in line order, and whether a clip was run for it: rejected rows come from
     the manifest, the rest from the clips' records on disk."""
     ctx = plan.ctx
-    for clip in plan.store.rows():
+    for clip, status in plan.store.rows():
         if isinstance(clip, ClipStatus):
             yield clip, False
             continue
-        status = read_status(ctx, clip.clip_id)
+        if status is None:  # not heard from its batch (e.g. a lost worker's): the record on disk
+            status = read_status(ctx, clip.clip_id)
         if status is None:
             raise RuntimeError(f"clip {clip.clip_id} has no recorded status; the build did not run it")
         status.split = split_of(clip, ctx)  # a packing decision: it may change without media work

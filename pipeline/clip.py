@@ -10,6 +10,7 @@ in `.work/rejected/<id>.tar` where a face was found, so a reviewer can rescue it
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import statistics
@@ -68,8 +69,9 @@ class BuildContext:
     def download_dir(self, clip_id: str) -> Path:
         return self.work / "sources" / clip_id
 
-    @property
+    @functools.cached_property
     def cache_key(self) -> str:
+        # once per context (the config is frozen): hashing it for each of a million clips costs a millisecond each
         return f"{PIPELINE_VERSION}:{self.cfg.clip_hash()}"
 
 
@@ -80,13 +82,14 @@ def split_of(clip: Clip, ctx: BuildContext) -> str:
 def cached_status(clip: Clip, ctx: BuildContext) -> ClipStatus | None:
     """The finished status of an earlier run with the same settings, if the clip needs no work."""
     status = read_status(ctx, clip.clip_id)
-    if status is None:
-        return None
+    return status if status is not None and is_cached(status, ctx) else None
+
+
+def is_cached(status: ClipStatus, ctx: BuildContext) -> bool:
+    """Whether a clip's recorded status is final under these settings (the clip needs no work)."""
     if status.cache_key != ctx.cache_key or not is_final(status.status, status.reason):
-        return None
-    if status.status == "ok" and not ctx.clip_tar(clip.clip_id).exists():
-        return None
-    return status
+        return False
+    return status.status != "ok" or ctx.clip_tar(status.id).exists()
 
 
 def run_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None] | None = None) -> ClipStatus:
@@ -128,14 +131,20 @@ def _record(status: ClipStatus, ctx: BuildContext, t0: float) -> ClipStatus:
     status.seconds = round(time.perf_counter() - t0, 3)
     path = ctx.clip_status_path(status.id)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # the status file is written last: it is the clip's completion marker
-    atomic_write_bytes(path, json.dumps(status.to_dict(), sort_keys=True).encode())
+    # the status file is written last: it is the clip's completion marker. It is renamed into place but not
+    # fsynced (the clip tar it vouches for is): after a power cut a lost or empty status only means a redo
+    atomic_write_bytes(path, json.dumps(status.to_dict(), sort_keys=True).encode(), sync=False)
     return status
 
 
 def read_status(ctx: BuildContext, clip_id: str) -> ClipStatus | None:
-    path = ctx.clip_status_path(clip_id)
-    return ClipStatus.from_dict(json.loads(path.read_text())) if path.exists() else None
+    """The clip's recorded status; None when there is none, or when it is unreadable (the clip is redone)."""
+    try:
+        return ClipStatus.from_dict(json.loads(ctx.clip_status_path(clip_id).read_bytes()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, TypeError):  # empty or torn by a power cut: not a result
+        return None
 
 
 def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None] | None = None) -> ClipStatus:

@@ -8,6 +8,7 @@ The stage records are frozen: a stage never changes a record it was given but re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -55,7 +56,8 @@ class Clip:
         return None if self.x is None or self.y is None else (self.x, self.y)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # flat fields: a shallow dict (dataclasses.asdict deep-copies, which a million rows feel)
+        return {name: getattr(self, name) for name in _field_names(Clip)}
 
     @classmethod
     def from_dict(cls, d: dict) -> Clip:
@@ -84,12 +86,22 @@ class ClipStatus:
     review: dict[str, int] | None = None  # an ok clip's windows by review outcome, when OUT has a review queue
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        # the dicts are copied, so the result can be changed without changing the status
+        d = {name: getattr(self, name) for name in _field_names(ClipStatus)}
+        for name in ("window_rejections", "window_flags", "review"):
+            if d[name] is not None:
+                d[name] = dict(d[name])
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> ClipStatus:
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = _field_names(cls)
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@functools.cache
+def _field_names(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls))
 
 
 class SpeakerChoice(StrEnum):

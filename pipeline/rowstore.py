@@ -51,7 +51,7 @@ class RowStore:
         self.db.executescript(
             """
             CREATE TABLE IF NOT EXISTS rows (line INTEGER PRIMARY KEY, id TEXT, state INTEGER, identity TEXT,
-                                             split TEXT, youtube INTEGER, data TEXT);
+                                             split TEXT, youtube INTEGER, data TEXT, status TEXT);
             CREATE TABLE IF NOT EXISTS ids (id TEXT PRIMARY KEY) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS overrides (identity TEXT, split TEXT, PRIMARY KEY (identity, split))
                 WITHOUT ROWID;
@@ -60,27 +60,37 @@ class RowStore:
         )
         self.seen = SeenIds(self.db)
         self._pending: list[tuple] = []
+        self._statuses: list[tuple] = []
 
     def begin(self) -> None:
         self.db.execute("BEGIN")
 
-    def add_clip(self, clip: Clip, state: int) -> None:
+    def add_clip(self, clip: Clip, state: int, status: ClipStatus | None = None) -> None:
+        """A clip row; `status`: its recorded status when it is cached (read once, at planning)."""
         data = json.dumps(clip.to_dict(), separators=(",", ":"))
+        st = None if status is None else json.dumps(status.to_dict(), separators=(",", ":"))
         self._pending.append((clip.line, clip.clip_id, state, clip.identity, clip.split, clip.youtube_id is not None,
-                              data))  # fmt: skip
+                              data, st))  # fmt: skip
         if clip.split:
             self.db.execute("INSERT OR IGNORE INTO overrides VALUES (?, ?)", (clip.identity, clip.split))
         self._flush(False)
 
     def add_rejected(self, status: ClipStatus) -> None:
         data = json.dumps(status.to_dict(), separators=(",", ":"))
-        self._pending.append((status.line or 0, status.id, REJECTED, status.identity, None, False, data))
+        self._pending.append((status.line or 0, status.id, REJECTED, status.identity, None, False, data, None))
         self._flush(False)
 
     def _flush(self, force: bool) -> None:
         if self._pending and (force or len(self._pending) >= _FETCH):
-            self.db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?)", self._pending)
+            self.db.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._pending)
             self._pending.clear()
+
+    def set_statuses(self, statuses: list[ClipStatus]) -> None:
+        """Keep the statuses a batch of clips came back with, so the finish reads no status file."""
+        rows = [(json.dumps(s.to_dict(), separators=(",", ":")), s.line) for s in statuses if s.line is not None]
+        self.db.execute("BEGIN")  # one transaction, not one a row
+        self.db.executemany("UPDATE rows SET status = ? WHERE line = ?", rows)
+        self.db.execute("COMMIT")
 
     def finish(self) -> list[str]:
         """Spread split overrides to the identity's other rows; commit. Returns the warnings (identities put in
@@ -132,15 +142,19 @@ class RowStore:
             d["split"] = split
             yield Clip.from_dict(d), state
 
-    def rows(self) -> Iterator[Clip | ClipStatus]:
-        """Every row in line order: the Clip, or the rejected status of a row that is not processed."""
-        for _, state, split, data in self._select("", ()):
-            d = json.loads(data)
-            if state == REJECTED:
-                yield ClipStatus.from_dict(d)
-            else:
-                d["split"] = split
-                yield Clip.from_dict(d)
+    def rows(self) -> Iterator[tuple[Clip | ClipStatus, ClipStatus | None]]:
+        """Every row in line order: (the rejected status of a row that is not processed, None), or (the Clip, its
+        status when it is known here: cached at planning or reported by its batch)."""
+        cur = self.db.cursor()
+        cur.execute("SELECT state, split, data, status FROM rows ORDER BY line")
+        while chunk := cur.fetchmany(_FETCH):
+            for state, split, data, status in chunk:
+                d = json.loads(data)
+                if state == REJECTED:
+                    yield ClipStatus.from_dict(d), None
+                else:
+                    d["split"] = split
+                    yield Clip.from_dict(d), None if status is None else ClipStatus.from_dict(json.loads(status))
 
     def rejected(self, limit: int) -> list[ClipStatus]:
         q = "SELECT data FROM rows WHERE state = ? ORDER BY line LIMIT ?"

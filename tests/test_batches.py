@@ -78,3 +78,30 @@ def test_a_crash_in_a_batch_is_recorded_and_the_batch_goes_on(manifest, tmp_path
     assert result.statuses == {"failed": 5} and result.reasons["internal_error"] == 1
     status = json.loads(plan.ctx.clip_status_path("r0002").read_text())
     assert (status["status"], status["reason"]) == ("failed", "internal_error")
+
+
+def test_statuses_reported_by_batches_are_what_the_finish_writes(manifest, tmp_path):
+    out = tmp_path / "out"
+    plan = plan_build(manifest, out)
+    results = [run_batch(b, plan.ctx) for b in batches(plan.todo, 50)]
+    for r in results:
+        plan.store.set_statuses(r.records)
+    on_disk = {p.stem: json.loads(p.read_text()) for p in (out / ".work" / "clips").glob("*.json")}
+    (out / ".work" / "clips" / "r0002.json").unlink()  # the finish takes the batch's word, not the file's
+    finish_build(plan)
+    rows = {r["id"]: r for r in map(json.loads, open(out / "clips.jsonl")) if r["reason"] != "duplicate_id"}
+    rows = {i: r for i, r in rows.items() if i in on_disk}
+    assert rows.keys() == on_disk.keys() and rows["r0002"]["reason"] == on_disk["r0002"]["reason"]
+    diff = [(rows[i]["detail"], on_disk[i]["detail"]) for i in rows if rows[i]["detail"] != on_disk[i]["detail"]]
+    assert not diff
+
+
+def test_a_torn_status_file_means_the_clip_is_done_again(manifest, tmp_path):
+    out = tmp_path / "out"
+    plan = plan_build(manifest, out)
+    for b in batches(plan.todo, 100):
+        run_batch(b, plan.ctx)
+    (out / ".work" / "clips" / "real.json").write_bytes(b"")  # what a power cut can leave of an unsynced file
+    again = plan_build(manifest, out)
+    assert "real" in {c.clip_id for c in again.todo}
+    assert again.n_cached == 0 and again.n_new == 1 and again.n_redone == N - 2

@@ -220,7 +220,9 @@ def build_shards(
     if plan.todo.any_youtube():
         ensure_youtube_limit(cfg.download)
 
+    clips_started = time.perf_counter()
     outcome = run_batches(plan, workers, batch_clips, batch_seconds)
+    plan.clips_seconds = round(time.perf_counter() - clips_started, 3)
     done = outcome.clips
     if outcome.disk_full is not None:
         return Failed(message=outcome.disk_full, data={"disk_full": outcome.disk_full, "clips_done": done})

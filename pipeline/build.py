@@ -58,6 +58,7 @@ class BuildPlan:
     n_redone: int = 0  # done earlier, but the settings or version changed, or it failed in a retryable way
     n_rejected: int = 0  # rows not processed: bad rows, duplicates, opt-outs
     repack: bool = False  # rewrite every shard, not only those whose clips changed
+    clips_seconds: float | None = None  # wall time of the clip work alone (no start-up, no packing), once run
     started: float = field(default_factory=time.time)
 
     @property
@@ -237,6 +238,8 @@ def finish_build(plan: BuildPlan, curate: Callable[[BuildPlan], KeepGate | None]
     gate = curate(plan) if curate is not None else None
     run = {"clips_new": plan.n_new, "clips_cached": plan.n_cached, "clips_redone": plan.n_redone}
     run["clips_processed"] = len(plan.todo)
+    if plan.clips_seconds is not None:
+        run["clips_seconds"] = plan.clips_seconds
     return write_outputs(ctx, lambda: _rows(plan), gate, run, plan.started, repack=plan.repack)
 
 

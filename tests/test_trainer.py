@@ -106,6 +106,22 @@ def test_fast_tar_reader_matches_webdataset(shards):
     assert list(tar_samples({"url": u} for u in urls)) == ref
 
 
+def test_tar_reader_falls_back_to_webdataset_on_long_names_and_keeps_only_wanted_members(tmp_path):
+    import webdataset as wds
+
+    urls = []
+    for name, key in (("short", "clip"), ("long", "c" * 110)):  # names of over 100 bytes get a pax header
+        urls.append(str(tmp_path / f"{name}.tar"))
+        with wds.TarWriter(urls[-1], mtime=0) as w:
+            for j in range(3):
+                w.write({"__key__": f"{key}-{j:05d}", "json": b"{}", "face64.jpg": bytes([j]) * 9, "WAV": b"w"})
+    ref = [{k: v for k, v in s.items() if k != "__local_path__"} for s in wds.WebDataset(urls, shardshuffle=False)]
+    assert [s["__key__"] for s in ref][3:] == ["c" * 110 + f"-{j:05d}" for j in range(3)]
+    assert list(tar_samples({"url": u} for u in urls)) == ref
+    got = list(tar_samples(({"url": u} for u in urls), members={"json", "wav"}))
+    assert got == [{k: v for k, v in s.items() if k not in ("face64.jpg",)} for s in ref]
+
+
 def test_audio_features_are_computed_from_wav_when_missing(shards):
     s = next(eval_samples(shards, Decoder(label_map(shards), ("stft", "mel", "feature")), "val"))
     assert s["stft"].shape == (598, 257, 2) and s["mel"].shape == (98, 64)

@@ -1,20 +1,22 @@
 """Reading the shards for training and evaluation with webdataset.
 
-Train: resampled shards (drawn at random with replacement, per node and per DataLoader worker), a sample shuffle
-buffer and a fixed epoch length. Eval: every sample of the split once, in shard order. Shards are per split
+Train: resampled shards (drawn at random with replacement, per node and per DataLoader worker), read with wids,
+the webdataset project's indexed tar reader (`tar_samples`), keeping only the members the decoder reads; a sample
+shuffle buffer and a fixed epoch length. Eval: every sample of the split once, in shard order. Shards are per split
 (`{split}-NNNNNN.tar`), so a split is a file glob. Members are decoded here with the standard library, PIL and
 numpy (no soundfile); audio features missing from a sample are computed from its `wav` with pipeline.features.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import random
 import re
 import struct
 import wave
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +45,7 @@ def label_map(shards: str | Path) -> dict[str, int]:
         if p.is_file():
             return {str(k): int(v) for k, v in json.loads(p.read_text()).items()}
     ids = set()
-    for s in tar_samples({"url": str(p)} for p in sorted(d.glob("*.tar"))):
+    for s in tar_samples(({"url": str(p)} for p in sorted(d.glob("*.tar"))), members=("json",)):
         ids.add(json.loads(s["json"])["identity"])
     return {name: i for i, name in enumerate(sorted(ids))}
 
@@ -79,7 +81,8 @@ def decode_face(data: bytes, size: int) -> np.ndarray:
     from PIL import Image
 
     im = Image.open(io.BytesIO(data), formats=("JPEG",))  # no probing of the other formats' plugins
-    im.draft("RGB", (size, size))
+    if im.size != (size, size):
+        im.draft("RGB", (size, size))
     if im.mode != "RGB":
         im = im.convert("RGB")
     if im.size != (size, size):
@@ -119,7 +122,8 @@ def split_label_map(shards: str | Path, split: str = "train") -> dict[str, int]:
             if split in by_split:
                 return {str(k): int(v) for k, v in by_split[split].items()}
     glob = label_map(shards)
-    ids = {identity_of(s["json"]) for s in tar_samples({"url": u} for u in shard_urls(shards, split))}
+    urls = shard_urls(shards, split)
+    ids = {identity_of(s["json"]) for s in tar_samples(({"url": u} for u in urls), members=("json",))}
     return {name: i for i, name in enumerate(sorted(ids, key=lambda x: (glob.get(x, len(glob)), x)))}
 
 
@@ -166,6 +170,14 @@ class Decoder:
     ):  # fmt: skip
         self.labels, self.fields, self.face_size, self.wav_len = labels, tuple(fields), face_size, wav_len
         self.target, self.utt_frames = target, utt_frames
+        needs = {
+            "wav": ["wav"], "face": [f"face{face_size}.jpg", "jpg"], "dlib": ["dlib.npy"],
+            "stft": ["stft.npy", "wav"], "mel": ["mel.npy", "wav"], "w2p_wav": ["aug.npy", "wav"],
+            "w2p_window": ["wav"], "utt": ["utt.npy"],
+            "feature": [f"{target}.npy"] if target else ["vggface.npy", "dlib.npy"],
+        }  # fmt: skip
+        # the members __call__ may read: the loader drops the others before the shuffle buffer holds them
+        self.members = frozenset(["json", *(m for f in self.fields for m in needs.get(f, ()))])
 
     def __call__(self, sample: dict) -> dict:
         out = {"key": sample["__key__"]}
@@ -174,7 +186,7 @@ class Decoder:
         out["identity"] = identity
         for f in self.fields:
             if f == "wav":
-                out["wav"] = fit_length(decode_wav(sample["wav"]), self.wav_len).astype(np.float32) / 32768.0
+                out["wav"] = fit_length(decode_wav(sample["wav"]), self.wav_len) * np.float32(1 / 32768)
             elif f == "face":
                 # the wav2pix preset stores faces at 64 and 128 px: decoding one is far cheaper than shrinking the crop
                 jpg = sample.get(f"face{self.face_size}.jpg") or sample["jpg"]
@@ -210,24 +222,75 @@ def collate(samples: list[dict]) -> dict:
         if k.startswith("__"):  # wds' map() copies __key__ back into each sample
             continue
         vals = [s[k] for s in samples]
-        out[k] = vals if isinstance(v, str) else torch.from_numpy(np.stack([np.asarray(x) for x in vals]))
+        if isinstance(v, str):
+            out[k] = vals
+        else:  # arrays stacked, scalars (labels) in one array: one tensor a batch, sharing numpy's memory
+            out[k] = torch.from_numpy(np.stack(vals) if isinstance(v, np.ndarray) else np.asarray(vals))
     return out
 
 
-def tar_samples(src: Iterable[dict]) -> Iterator[dict]:
-    """webdataset's own shard → samples step (`dict(url=...)` in, samples grouped by key out): the key is a member's
-    name up to the first dot of its base name. Shards are opened with a large buffer: the reader then costs
-    little next to decoding."""
+def tar_samples(src: Iterable[dict], members: Collection[str] | None = None) -> Iterator[dict]:
+    """Shards → samples (`dict(url=...)` in; `__key__`, `__url__` and one bytes value per member out), as
+    `wds.tarfile_to_samples` gives them: the key is a member's name up to the first dot of its base name, the rest
+    (lower-cased) names the member; with `members`, only those are kept.
+
+    Read with wids, the webdataset project's indexed reader: it indexes a shard once and slices its members from a
+    memory map, ~5x cheaper than the tarfile stream reader under `wds.tarfile_to_samples` (every header parsed and
+    every member read in 10 KB chunks in Python, skipped ones too). wids reads a member's name from its ustar header
+    only, so a shard with a name that may not fit there (long clip ids get a pax header) is read by webdataset."""
     import webdataset as wds
 
-    return wds.tarfile_to_samples()(_opened(src))
-
-
-def _opened(src: Iterable[dict]) -> Iterator[dict]:
-    """wds.url_opener for local shard files, with a 1 MiB read buffer (fewer system calls than the default)."""
     for item in src:
-        with open(item["url"], "rb", buffering=1 << 20) as stream:
-            yield {**item, "stream": stream}
+        url = item["url"]
+        shard = _indexed(url)
+        if shard is None:
+            for s in wds.tarfile_to_samples()([{"url": url}]):
+                s.pop("__local_path__", None)
+                yield s if members is None else {k: v for k, v in s.items() if k[:2] == "__" or k in members}
+            continue
+        tar, layout = shard
+        for key, exts in layout:  # only the members wanted are copied out of the memory map
+            out = {"__key__": key, "__url__": url}
+            for ext, i in exts:
+                if members is None or ext in members:
+                    out[ext] = tar.get_at_index(i)[1]
+            yield out
+
+
+SHARDS_KEPT = 16  # shards kept indexed and mapped per process: resampling revisits them (indexing 500 samples: ~30 ms)
+_indexed_shards: dict[str, tuple] = {}  # url → (file's stat, (wids' reader, layout) or None), least recently used first
+
+
+def _indexed(url: str):
+    """The shard indexed by wids (its memory-mapped reader, and each sample's key and (member, index) pairs), reused
+    while the file is unchanged; None when a member name is 99 bytes or more (it may have been cut to fit the ustar
+    header, the whole name being in a pax or GNU header, which wids skips) or appears twice."""
+    import os
+
+    from wids.wids import IndexedTarSamples, splitname
+
+    st = os.stat(url)
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    old = _indexed_shards.pop(url, None)
+    if old is not None and old[0] == stamp:
+        shard = old[1]
+    else:
+        tar = IndexedTarSamples(path=url)
+        tar.stream.close()  # the memory map stays; it is unmapped once no reader or generator holds it
+        names = list(tar.reader.names())  # in the tar's order, as wids' samples index them
+        if len(names) != len(tar.reader) or any(len(name.encode()) >= 99 for name in names):
+            tar.close()  # a repeated name (wids indexes names and members apart) or a name maybe cut short
+            shard = None
+        else:
+            layout = []  # per sample: its key, then (member, index in the tar) for each of its members
+            for indexes in tar.samples:
+                parts = [(*splitname(names[i]), i) for i in indexes]  # (key, ".ext", index)
+                layout.append((parts[0][0], [(ext[1:].lower(), i) for _, ext, i in parts]))
+            shard = (tar.reader, layout)
+    _indexed_shards[url] = (stamp, shard)  # now the most recently used
+    while len(_indexed_shards) > SHARDS_KEPT:  # dropped, not closed: a generator may still be reading it
+        del _indexed_shards[next(iter(_indexed_shards))]
+    return shard
 
 
 class Shuffle:
@@ -258,7 +321,7 @@ def train_dataset(shards, decoder: Decoder, batch_size: int, epoch_batches: int,
         wds.ResampledShards(shard_urls(shards, "train"), seed=seed, deterministic=True),
         wds.split_by_node,
         wds.split_by_worker,
-        tar_samples,
+        functools.partial(tar_samples, members=decoder.members),
         Shuffle(buffer, seed),
         wds.map(decoder),
         wds.batched(batch_size, collation_fn=collate, partial=False),

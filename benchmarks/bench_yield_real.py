@@ -13,7 +13,11 @@ fate of its window: rejected (the window's reason code), held by the review queu
 Samples x window seconds and the window-level share (written windows / windows with speech ratio >=
 speech.min_speech_ratio) are printed too.
 
-    .venv/bin/python benchmarks/bench_yield_real.py [--out DIR] [--keep]
+    .venv/bin/python benchmarks/bench_yield_real.py [--out DIR] [--keep] [--blur]
+
+--blur also measures the blur band's two measures (sharpness, relative_sharpness) on the same clips blurred at the
+source (ffmpeg gblur, re-encoded with libx264 crf 18), per clip and blur sigma, with the sigma it comes to in the
+224 crop (from the eye distance: dlib's chip puts the eye centres 78.5 px apart).
 """
 
 from __future__ import annotations
@@ -188,11 +192,78 @@ def report(m: dict) -> str:
     return "\n".join(lines)
 
 
+BLUR_SIGMAS = (0, 1, 2, 3, 4, 6)  # ffmpeg gblur sigma, source pixels
+CROP_EYE_PX = 0.5255 * 224 / 1.5  # eye-centre distance in a 224 crop with padding 0.25 (dlib's chip template)
+
+
+def blur_sweep(clips: list[Path], work: Path) -> list[dict]:
+    """(clip, source sigma, crop sigma, min/max sharpness and relative sharpness of its faces, windows held or
+    rejected as blurry) for each clip blurred at the source by each of BLUR_SIGMAS."""
+    import subprocess
+
+    import numpy as np
+
+    from pipeline.clip import BuildContext, run_clip
+    from pipeline.records import Clip
+    from pipeline.review.queue import queue_reasons
+    from pipeline.tars import read_samples
+
+    cfg = Config.from_dict({"filters": {"av_sync": False, "music_noise": False}, "faces": {"embeddings": False}})
+    ctx = BuildContext(out=work / "blur", cfg=cfg)
+    rows = []
+    for p in clips:
+        for sigma in BLUR_SIGMAS:
+            src, cid = p, f"{p.stem}_g{sigma}"
+            if sigma:
+                src = work / f"{cid}.mp4"
+                subprocess.run(
+                    ["ffmpeg", "-nostdin", "-y", "-v", "error", "-i", str(p), "-vf", f"gblur=sigma={sigma}",
+                     "-c:v", "libx264", "-crf", "18", "-preset", "veryfast", "-c:a", "copy", str(src)],
+                    check=True,
+                )  # fmt: skip
+            run_clip(Clip(cid, str(src), cid, 1), ctx)
+            tar, log = ctx.clip_tar(cid), ctx.rejected_log(cid)
+            metas = [json.loads(s["json"]) for s in read_samples(tar)] if tar.exists() else []
+            rejected = [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+            faces = [(m["sharpness"], m["relative_sharpness"]) for m in metas]
+            faces += [(r["measures"]["sharpness"], r["measures"]["relative_sharpness"]) for r in rejected
+                      if "relative_sharpness" in r["measures"]]  # fmt: skip
+            eyes = [np.linalg.norm(np.mean(m["landmarks5"][0:2], 0) - np.mean(m["landmarks5"][2:4], 0)) for m in metas]
+            blurry = sum("blurry" in queue_reasons(m, Config().review) for m in metas)
+            blurry += sum(r["reason"] == "blurry" for r in rejected)
+            a = np.array(faces) if faces else np.full((1, 2), np.nan)
+            rows.append({
+                "clip": p.stem, "sigma": sigma,
+                "crop_sigma": round(sigma * CROP_EYE_PX / float(np.median(eyes)), 2) if eyes else None,
+                "faces": len(faces), "blurry": blurry,
+                "sharpness": (float(a[:, 0].min()), float(a[:, 0].max())),
+                "relative": (float(a[:, 1].min()), float(a[:, 1].max())),
+            })  # fmt: skip
+    return rows
+
+
+def blur_report(rows: list[dict]) -> str:
+    r = Config().review
+    lines = [
+        f"blur band: sharpness < {r.min_sharpness} or relative_sharpness < {r.min_relative_sharpness} "
+        "(faces held or rejected as blurry of the faces found)",
+        f"{'clip':30s} {'gblur':>5} {'crop':>5} {'sharpness':>15} {'relative':>15} {'blurry':>7}",
+    ]
+    for x in rows:
+        crop = f"{x['crop_sigma']:.1f}" if x["crop_sigma"] is not None else "-"
+        lines.append(
+            f"{x['clip'][:30]:30s} {x['sigma']:5} {crop:>5} {x['sharpness'][0]:7.1f}-{x['sharpness'][1]:<7.1f} "
+            f"{x['relative'][0]:7.4f}-{x['relative'][1]:<7.4f} {x['blurry']:3d}/{x['faces']:<3d}"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="build here (default: a temporary folder, removed afterwards)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary build folder")
     ap.add_argument("--json", action="store_true", help="print the figures as JSON as well")
+    ap.add_argument("--blur", action="store_true", help="also measure the blur band on blurred versions of the clips")
     args = ap.parse_args()
     if not REALVIDS.is_dir():
         print(f"{REALVIDS} is absent: nothing to measure")
@@ -207,6 +278,9 @@ def main() -> int:
         print(report(m))
         if args.json:
             print(json.dumps(m, indent=1))
+        if args.blur:
+            print()
+            print(blur_report(blur_sweep(clips, out / ".blur")))
     finally:
         if args.out is None and not args.keep:
             shutil.rmtree(out, ignore_errors=True)

@@ -42,12 +42,13 @@ serve: setup
 test: setup
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
-## bench: realtime factor per stage (240 s 480p talking head); memory, re-run and Dask figures (tiny clips); speech filters and AV sync on the real clips (../shared/data)
+## bench: realtime factor per stage (240 s 480p talking head); memory, re-run and Dask figures (tiny clips); speech filters, yield and AV sync on the real clips (../shared/data)
 bench: setup
 	$(BIN)/python benchmarks/bench_pipeline.py
 	$(BIN)/python benchmarks/bench_orchestration.py
 	$(BIN)/python benchmarks/bench_loader.py
 	$(BIN)/python benchmarks/bench_speech_real.py
+	$(BIN)/python benchmarks/bench_yield_real.py
 	$(BIN)/python benchmarks/bench_avsync_real.py
 
 ## train: MODEL=wav2pix|speech2face|voice2face|cae SHARDS=dir RUN=dir [STEPS=N] [TRAIN_CONFIG=tiny] (resumes RUN/checkpoint.pt)

@@ -174,7 +174,16 @@ class ReviewConfig:
     # the bands below are deliberately narrow: only windows a person should really look at are held back
     min_det_score: float = 0.2  # dlib HOG score; detections this weak are often not a face (low_face_score)
     min_face_px: int = 80  # narrower faces pass faces.min_face_px but are upscaled ~3x to the crop (small_face)
-    min_sharpness: float = 20.0  # variance of the Laplacian of the grey crop's centre; below: blurry
+    min_sharpness: float = 13.0  # variance of the Laplacian of the grey crop's centre; below: blurry. It grows with
+    # the face's contrast. Unblurred real faces (8 realvids clips) 16.8-664, the lowest (16.8-24) soft, low-contrast
+    # faces that look sharp (a 172 px face upscaled to the crop, a soft studio video); blurred at the source (ffmpeg
+    # gblur, re-encoded) by sigma 2.2-2.7 px of the 224 crop, faces of ordinary contrast 4.1-13.1 (most <= 10.1): the
+    # band sits at their geometric middle, sqrt(10.1 x 16.8). The two highest-contrast faces stay at 12-20 up to
+    # sigma 3: the relative measure below holds those (benchmarks/README.md, "Yield on real talking heads")
+    min_relative_sharpness: float = 0.015  # the same over the variance of the same pixels (contrast cancels out);
+    # below: blurry. Unblurred real faces >= 0.023 (the child and the restaurant 0.023-0.045, the others >= 0.034);
+    # every face blurred at the source by sigma ~3 px of the crop <= 0.0144 (at sigma 2.1-2.3 the two highest-contrast
+    # faces score 0.012-0.022: the re-encode's noise keeps it from falling as fast as the blur alone would)
     min_speech_ratio: float = 0.6  # the build keeps >= speech.min_speech_ratio; the band up to this is borderline
     max_identity_distance: float = 0.6  # dlib distance to the identity's medoid (dlib's same-person tolerance)
     min_identity_windows: int = 5  # identities with fewer embedded windows get no outlier check

@@ -17,13 +17,27 @@ NOSE_DEPTH = 0.5  # the base of the nose lies this far in front of the eyes' pla
 NOSE_DROP = 0.68  # ... and this far below the eye line, seen frontally
 
 
-def sharpness(grey: np.ndarray) -> float:
-    """Variance of the Laplacian of a grey crop's central half (the face, not the padding around it)."""
+def _centre(grey: np.ndarray) -> np.ndarray:
     g = np.asarray(grey, dtype=np.float32)
     h, w = g.shape
-    c = g[h // 4 : h - h // 4, w // 4 : w - w // 4]
-    lap = c[1:-1, 2:] + c[1:-1, :-2] + c[2:, 1:-1] + c[:-2, 1:-1] - 4 * c[1:-1, 1:-1]
-    return float(lap.var())
+    return g[h // 4 : h - h // 4, w // 4 : w - w // 4]
+
+
+def _laplacian(c: np.ndarray) -> np.ndarray:
+    return c[1:-1, 2:] + c[1:-1, :-2] + c[2:, 1:-1] + c[:-2, 1:-1] - 4 * c[1:-1, 1:-1]
+
+
+def sharpness(grey: np.ndarray) -> float:
+    """Variance of the Laplacian of a grey crop's central half (the face, not the padding around it)."""
+    return float(_laplacian(_centre(grey)).var())
+
+
+def relative_sharpness(grey: np.ndarray) -> float:
+    """sharpness() over the variance of the same pixels: fine detail against the face's own contrast. It does not
+    change when contrast does (a soft-lit or low-contrast face is not a blurred one), and a Gaussian blur of sigma
+    px lowers it about as sigma^-4 (natural images), so it tells blur from contrast where sharpness() cannot."""
+    c = _centre(grey)
+    return float(_laplacian(c).var() / max(float(c.var()), 1e-6))
 
 
 def grey(rgb: np.ndarray) -> np.ndarray:
@@ -67,7 +81,8 @@ def face_measures(face, frame_wh: tuple[int, int]) -> dict:
     """What the face filters look at, for the sample json."""
     yaw, pitch, roll = head_pose(face.landmarks5)
     return {
-        "sharpness": round(sharpness(grey(face.crop)), 2),
+        "sharpness": round(sharpness(g := grey(face.crop)), 2),
+        "relative_sharpness": round(relative_sharpness(g), 4),
         "yaw": yaw,
         "pitch": pitch,
         "roll": roll,

@@ -31,7 +31,9 @@ REVIEW_DIR = "review"
 RESCUE_SEQ_BASE = 1_000_000_000  # rescue items follow every kept window in the queue
 META_FIELDS = ("window_start", "window_end", "frame_time", "bbox", "source", "speaker_choice", "faces_seen")
 # measured once, by the build's filters (pipeline/quality.py), and read from the sample json, never recomputed
-METRIC_FIELDS = ("det_score", "face_px", "speech_ratio", "rms_dbfs", "sharpness", "av_sync", "av_unsynced")
+METRIC_FIELDS = (
+    "det_score", "face_px", "speech_ratio", "rms_dbfs", "sharpness", "relative_sharpness", "av_sync", "av_unsynced",
+)  # fmt: skip
 
 
 def item_row(key: str, clip_id: str, identity: str, window_index: int, meta: dict, members: dict) -> ItemRow:
@@ -68,7 +70,13 @@ Check = Callable[[dict, ReviewConfig], bool]
 CHECKS: list[tuple[QueueReason, Check]] = [
     (QueueReason.LOW_FACE_SCORE, lambda m, c: m.get("det_score", np.inf) < c.min_det_score),
     (QueueReason.SMALL_FACE, lambda m, c: m.get("face_px", np.inf) < c.min_face_px),
-    (QueueReason.BLURRY, lambda m, c: m.get("sharpness", np.inf) < c.min_sharpness),
+    (
+        QueueReason.BLURRY,
+        lambda m, c: (
+            m.get("sharpness", np.inf) < c.min_sharpness
+            or m.get("relative_sharpness", np.inf) < c.min_relative_sharpness
+        ),
+    ),
     (QueueReason.LOW_SPEECH_RATIO, lambda m, c: m.get("speech_ratio", np.inf) < c.min_speech_ratio),
     (QueueReason.IDENTITY_OUTLIER, lambda m, c: m.get("identity_distance", -np.inf) > c.max_identity_distance),
     (QueueReason.AV_UNSYNCED, lambda m, c: c.queue_av_unsynced and m.get("av_unsynced") is True),
@@ -97,6 +105,8 @@ def _describe(reason: str, m: dict, cfg: ReviewConfig) -> str:
         case QueueReason.SMALL_FACE:
             return f"face {m['face_px']} px < {cfg.min_face_px}"
         case QueueReason.BLURRY:
+            if m.get("relative_sharpness", np.inf) < cfg.min_relative_sharpness:
+                return f"relative sharpness {m['relative_sharpness']:.4f} < {cfg.min_relative_sharpness}"
             return f"sharpness {m['sharpness']:.1f} < {cfg.min_sharpness}"
         case QueueReason.LOW_SPEECH_RATIO:
             return f"speech {m['speech_ratio']:.0%} < {cfg.min_speech_ratio:.0%}"

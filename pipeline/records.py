@@ -78,6 +78,8 @@ class ClipStatus:
     window_rejections: dict[str, int] = field(default_factory=dict)  # reason -> count
     window_flags: dict[str, int] = field(default_factory=dict)  # flag -> windows flagged (av_unsynced)
     av_sync: float | None = None  # median AV-sync score of the written windows: is the kept face the speaker?
+    av_offset_s: float | None = None  # ... their median audio offset (s, > 0: the sound comes after the picture)
+    av_confidence: float | None = None  # ... and the median confidence of their offsets
     speaker_choice: str | None = None  # "hint" or "largest" when several faces were seen
     cache_key: str | None = None  # clip config hash + pipeline version that produced it
     seconds: float = 0.0

@@ -1,5 +1,6 @@
-"""AV sync / active speaker: the mouth-opening score on generated speaking faces (in sync, out of sync, still),
-its measures, its flag and the two stricter uses of it (reject, review queue)."""
+"""AV sync / active speaker: the offset search on synthetic signals with a known offset, the score on generated
+speaking faces (in sync, out of sync, still), its measures, its flag and the two stricter uses of it (reject,
+review queue)."""
 
 import json
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.avsync import AVSyncTracker, loudness_db, mouth_opening, sync_score
+from pipeline.avsync import AVSyncTracker, band_loudness, mouth_opening, offset_profile, span_measures
 from pipeline.clip import BuildContext, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FilterConfig, ReviewConfig
 from pipeline.demo.synth import Placement, astronaut, grace_hopper, speaking_head, speech_wav, talking_head
@@ -68,58 +69,81 @@ def test_mouth_opening_is_the_inner_lip_gap_in_eye_distances():
     assert mouth_opening(p * 2) == pytest.approx(0.2)  # the same face twice the size
 
 
-def test_loudness_is_the_rms_level_around_each_instant():
-    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    audio = np.where(t < 0.5, 1000 * np.sin(2 * np.pi * 440 * t), 0).astype(np.int16)
-    db = loudness_db(audio, np.array([4000, 12000]))
-    assert db[0] == pytest.approx(20 * np.log10(1000 / np.sqrt(2)), abs=0.1)  # a sine's RMS is peak / sqrt 2
-    assert db[1] == pytest.approx(0.0, abs=0.01)  # silence: the floor
+def test_band_loudness_is_the_speech_band_level_of_each_frame():
+    t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+    audio = np.where(t < 1.0, 3000 * np.sin(2 * np.pi * 1000 * t), 3000 * np.sin(2 * np.pi * 60 * t)).astype(np.int16)
+    loud = band_loudness(audio, 25.0)  # 1 s of a 1 kHz tone, then 1 s of a 60 Hz hum
+    assert len(loud) == 50
+    assert loud[5:20].min() > loud[30:45].max() + 30  # the hum lies outside the speech band
 
 
-def test_sync_score_follows_the_correlation_of_mouth_and_loudness():
+def _speechlike(n: int, rng) -> np.ndarray:
+    """A syllable-rate random signal: noise smoothed over ~5 frames."""
+    return np.convolve(rng.standard_normal(n + 8), np.ones(5) / 5, mode="same")[4 : n + 4]
+
+
+@pytest.mark.parametrize("offset", [0, 3, 10, -7])
+def test_the_offset_search_finds_a_known_offset(offset):
+    rng = np.random.default_rng(offset + 20)
+    n = 150  # 6 s at 25 fps
+    mouth = _speechlike(n + 40, rng)
+    loud = np.roll(mouth, offset) + 0.5 * rng.standard_normal(n + 40)  # the sound `offset` frames late, noisy
+    frames = np.arange(20, 20 + n)
+    profile = offset_profile(mouth[frames], frames, loud, 15)
+    assert len(profile) == 31 and int(np.argmax(profile)) - 15 == offset
+    assert profile.max() - np.median(profile) > 0.5
+
+
+def test_span_measures_flag_late_and_unrelated_sound_and_a_still_mouth():
     cfg = FilterConfig()
-    rng = np.random.default_rng(0)
-    fps, n = 25, 25
-    times = 1.0 + np.arange(n) / fps
-    level = rng.uniform(0.1, 1.0, n)  # loudness at each frame
-    audio = np.zeros(3 * SAMPLE_RATE, np.int16)
-    for t, a in zip(times, level, strict=True):  # 40 ms of noise at each frame's level
-        i = int(t * SAMPLE_RATE)
-        audio[i - 320 : i + 320] = (a * 8000 * rng.standard_normal(640)).astype(np.int16)
-    openings = 0.05 + 0.1 * (np.log10(level) - np.log10(level).min())
-    synced = sync_score(times, openings, audio, 0.0, cfg)
-    assert synced["av_sync"] > 0.95 and synced["av_lag_s"] == 0.0 and not synced["av_unsynced"]
-    # a mouth moving to something else: the best of the lags of a chance correlation, mostly under the threshold
-    null = [sync_score(times, rng.permutation(openings), audio, 0.0, cfg)["av_sync"] for _ in range(200)]
-    assert np.median(null) < 0.3 and np.mean(np.array(null) < cfg.min_av_sync) > 0.7
-    still = sync_score(times, np.full(n, 0.1), audio, 0.0, cfg)
+    fps, rng = 25.0, np.random.default_rng(5)
+    n = 200
+    signal = _speechlike(n, rng)
+    frames = np.arange(10, 160, 2)  # every 2nd frame (av_sync_step_s 0.08), 6 s
+    times = frames / fps
+    mouth = 0.1 + 0.05 * signal[frames]
+    synced = span_measures(times, mouth, signal, fps, 0.08, cfg)
+    assert abs(synced["av_offset_s"]) <= 0.04 and synced["av_sync"] > 0.5 and not synced["av_unsynced"]  # a frame
+    assert synced["av_confidence"] >= synced["av_sync"] and synced["mouth_motion"] > cfg.min_mouth_motion
+    late = span_measures(times, mouth, np.roll(signal, 10), fps, 0.08, cfg)  # the sound 0.4 s late
+    assert abs(late["av_offset_s"] - 0.4) <= 0.04 and late["av_confidence"] > 0.5 and late["av_unsynced"]
+    other = span_measures(times, mouth, _speechlike(n, rng), fps, 0.08, cfg)
+    assert other["av_unsynced"] and other["av_sync"] < synced["av_sync"] - 0.3
+    still = span_measures(times, np.full(len(times), 0.1), signal, fps, 0.08, cfg)
     assert (still["av_sync"], still["mouth_motion"], still["av_unsynced"]) == (0.0, 0.0, True)
-    beyond = sync_score(times + 5, openings, audio, 0.0, cfg)  # frames past the audio's end
-    assert beyond["av_sync"] is None and not beyond["av_unsynced"]
-    too_few = sync_score(times[:3], openings[:3], audio, 0.0, cfg)
-    assert too_few["av_sync"] is None
+    short = span_measures(times[:10], mouth[:10], signal, fps, 0.08, cfg)  # 0.72 s: too little evidence
+    assert short["av_sync"] is None and not short["av_unsynced"]
 
 
-def test_the_tracker_scores_faces_whose_spans_overlap():
-    """Two face frames closer than the span: both stay open at once, each gets the frames of its own span."""
-    cfg = FilterConfig(av_sync_span_s=1.0)
-    audio = np.random.default_rng(1).integers(-3000, 3000, 4 * SAMPLE_RATE).astype(np.int16)
+def test_the_tracker_measures_each_frame_once_and_scores_every_face():
+    """Face frames 1 s apart, the context frames of the whole clip: each frame gets one mouth measure, from the
+    box of its own slot's face, and every face is scored once its span has passed."""
+    cfg = FilterConfig(av_sync_span_s=4.0)
+    audio = np.random.default_rng(1).integers(-3000, 3000, 8 * SAMPLE_RATE).astype(np.int16)
     pts = np.zeros((68, 2))
     pts[36:42], pts[42:48] = (0, 0), (50, 0)
+    calls = []
 
     def landmarks(img, box):  # the test frames carry the mouth gap in their first pixel
+        calls.append(box)
         q = pts.copy()
         q[65:68, 1] = float(img[0, 0])
         return q
 
-    tracker = AVSyncTracker(cfg, audio, 0.0, landmarks)
+    tracker = AVSyncTracker(cfg, audio, 0.0, landmarks, 25.0)
     scored = []
-    for i, t in enumerate(np.arange(0.5, 3.5, 0.04)):
-        scored += tracker.push(float(t), np.full((2, 2), i % 7, np.uint8))
-        if abs(t - 1.5) < 1e-6 or abs(t - 1.82) < 1e-6:
-            tracker.start(("face", np.zeros((4, 4, 3))), float(t), (0, 0, 2, 2))  # arrays: never compared
+    times = np.round(np.arange(0.0, 7.0, 0.08), 2)
+    started = set()
+    for i, t in enumerate(times):
+        slot = int(t)  # the grid frame of slot k is near k + 0.5
+        scored += tracker.push(float(t), np.full((2, 2), i % 7, np.uint8), slot)
+        if t - slot >= 0.44 and slot not in started and slot != 3:  # slot 3: no face
+            started.add(slot)
+            tracker.start(("face", slot, np.zeros((4, 4, 3))), float(t), (0, 0, 2, 2))  # arrays: never compared
     scored += tracker.finish()
-    assert len(scored) == 2 and all(score["mouth_motion"] > 0 for _, score in scored)
+    assert sorted(item[1] for item, _ in scored) == [0, 1, 2, 4, 5, 6]
+    assert len(calls) == len(times) - sum(int(t) == 3 for t in times)  # one measure per frame with a face
+    assert all(score["mouth_motion"] > 0 and score["av_offset_s"] is not None for _, score in scored)
 
 
 def test_context_frames_come_grey_in_time_order_around_each_grid_time(media):

@@ -1,24 +1,28 @@
 """Active speaker / AV sync: is the face we kept the one that speaks, and is its sound in time with it?
 
-A SyncNet-style offset search without SyncNet's weights. A per-frame mouth signal, the inner-lip opening read
-from dlib's 68 landmarks on the decoder's grey context frames (one every `av_sync_step_s`, which cover the whole
-clip), is cross-correlated with the audio's speech-band loudness at the video's frame rate over audio offsets of
-up to `av_sync_max_lag_s` either way (±15 frames at 25 fps). One window (1 s) is too little evidence for that,
-so each window is judged on the span of `av_sync_span_s` (6 s) around it, within its shot: the offset with the
-highest correlation is the span's AV offset, and its confidence is that peak above the median of all offsets.
+A SyncNet-style offset search without SyncNet's weights. The mouth's shape (the 20 lip points of dlib's 68
+landmarks, less their centre, over the eye distance) is read on every grey context frame (the decoder sends them
+for the whole clip) and compared with the audio's speech-band loudness at the video's frame rate, at audio offsets
+of up to `av_sync_max_lag_s` either way (±15 frames at 25 fps). One window (1 s) is too little evidence for that,
+so each window is judged on the span of `av_sync_span_s` (6 s) around it, within its shot. On that span the mouth
+shapes are reduced to their first 3 principal components, and at each offset the loudness is regressed on them:
+the multiple correlation R (a canonical correlation with one side 1-D, as in Slaney and Covell's FaceSync) is the
+offset's score. Lip opening alone correlates weakly with loudness on real faces; opening, width and protrusion
+together do much better, and 3 components leave little room for chance fits.
 
 - In sync: a clear peak at an offset near 0 (within `av_sync_tolerance_s`).
 - Late or early audio: a clear peak at another offset (0.4 s late = +10 frames at 25 fps); beyond the search,
   no clear peak.
 - Dubbed audio, a listener, a photo: no clear peak anywhere (a mouth that does not move scores 0).
 
-`av_sync` is the best correlation at an offset within the tolerance above the median over all offsets. A window
-is flagged `av_unsynced` when its span's best offset lies outside the tolerance or `av_sync` is under
-`min_av_sync`; it is a flag, not a drop, unless the config says so.
+`av_offset_s` is the best offset, `av_confidence` its R above the median R over all offsets, and `av_sync` the
+best R within the tolerance above the median R, or, when the best offset lies outside the tolerance, the best R
+within it less that best R (<= 0). A window is flagged `av_unsynced` when `av_sync` is under `min_av_sync` (so
+always when its best offset lies outside the tolerance); it is a flag, not a drop, unless the config says so.
 
-Both signals are high-passed (less their 0.5 s moving average), since over several seconds head motion and
-loudness drift would otherwise dominate the correlation. The face box of each context frame starts at the
-detector's box in its window's face frame and follows the 68 landmarks from frame to frame.
+Both signals are high-passed (less their 0.3 s and 0.5 s moving averages): over several seconds head motion and
+loudness drift would otherwise dominate. The face box of each context frame starts at the detector's box in its window's
+face frame and follows the landmarks from frame to frame.
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ import numpy as np
 from .config import SAMPLE_RATE, FilterConfig
 
 BAND_HZ = (300.0, 3000.0)  # speech band of the loudness: the voice's formants, not the room's hum or hiss
-HIGHPASS_S = 0.5  # both signals less their moving average over this: only changes faster than syllables count
+HIGHPASS_S = 0.3  # the mouth signal less its moving average over this: only changes at about the syllable rate count
+LOUD_HIGHPASS_S = 0.5  # the loudness less its moving average over this (its pauses are longer than the mouth's)
 SMOOTH_S = 0.12  # the mouth signal is smoothed over this (landmark jitter is frame to frame)
 MIN_SPAN_S = 2.0  # fewer seconds of mouth signal around a window: no score
+COMPONENTS = 3  # principal components of the mouth shape the loudness is regressed on
 
 
 def mouth_opening(landmarks68: np.ndarray) -> float:
@@ -43,6 +49,14 @@ def mouth_opening(landmarks68: np.ndarray) -> float:
     gap = np.linalg.norm(p[[61, 62, 63]] - p[[67, 66, 65]], axis=1).mean()
     iod = np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0))
     return float(gap / max(iod, 1.0))
+
+
+def mouth_shape(landmarks68: np.ndarray) -> np.ndarray:
+    """The 20 lip points (48-67) less their centre, over the distance between the eye centres: (40,)."""
+    p = np.asarray(landmarks68, dtype=np.float64)
+    iod = max(float(np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0))), 1.0)
+    lips = p[48:68]
+    return ((lips - lips.mean(0)) / iod).ravel()
 
 
 def band_loudness(audio: np.ndarray, fps: float, n: int | None = None) -> np.ndarray:
@@ -77,44 +91,56 @@ def highpass(x: np.ndarray, w: int, smooth: int = 1) -> np.ndarray:
 
 
 def offset_profile(mouth: np.ndarray, frames: np.ndarray, loud: np.ndarray, max_offset: int) -> np.ndarray:
-    """Pearson r of `mouth` (one value per sample, taken at video frame numbers `frames`) with `loud[frames + k]`
-    for k = -max_offset..max_offset (k > 0: the sound comes k frames after the picture). Samples whose shifted
-    frame lies outside `loud` are left out of that offset's r."""
-    ks = np.arange(-max_offset, max_offset + 1)
-    j = frames[:, None] + ks[None, :]
-    valid = (j >= 0) & (j < len(loud))
-    b = np.where(valid, loud[np.clip(j, 0, len(loud) - 1)], 0.0)
-    a = np.where(valid, mouth[:, None], 0.0)
-    cnt = np.maximum(valid.sum(0), 1)
-    a = np.where(valid, a - a.sum(0) / cnt, 0.0)
-    b = np.where(valid, b - b.sum(0) / cnt, 0.0)
-    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    return np.where((den > 0) & (valid.sum(0) >= 3), (a * b).sum(0) / np.where(den > 0, den, 1.0), 0.0)
+    """For k = -max_offset..max_offset (k > 0: the sound comes k frames after the picture): the correlation of
+    `loud[frames + k]` with `mouth` (one row per sample, taken at video frame numbers `frames`; one column or
+    several), the multiple correlation R of a least-squares fit when there are several columns. Samples whose
+    shifted frame lies outside `loud` are left out of that offset's R."""
+    X = np.asarray(mouth, dtype=np.float64).reshape(len(frames), -1)
+    out = np.zeros(2 * max_offset + 1)
+    for i, k in enumerate(range(-max_offset, max_offset + 1)):
+        j = frames + k
+        ok = (j >= 0) & (j < len(loud))
+        if ok.sum() <= X.shape[1] + 2:
+            continue
+        b = loud[j[ok]] - loud[j[ok]].mean()
+        Xk = X[ok] - X[ok].mean(0)
+        bb = float(b @ b)
+        if bb <= 0 or not np.any(Xk):
+            continue
+        if X.shape[1] == 1:  # a signed Pearson r
+            a = Xk[:, 0]
+            out[i] = float(a @ b) / np.sqrt(float(a @ a) * bb)
+        else:
+            q, _ = np.linalg.qr(Xk)
+            out[i] = np.sqrt(min(1.0, float(np.sum((q.T @ b) ** 2)) / bb))
+    return out
 
 
 def decide(profile: np.ndarray, fps: float, cfg: FilterConfig) -> dict:
-    """The span's measures from its offset profile: av_offset_s (the best offset), av_confidence (its r above the
-    median r), av_sync (the best r within the tolerance above the median r) and av_unsynced."""
+    """The span's measures from its offset profile: av_offset_s (the best offset), av_confidence (its score above
+    the median), av_sync (the best score within the tolerance above the median, or less the best score when the
+    best offset lies outside the tolerance) and av_unsynced (av_sync under min_av_sync)."""
     K = (len(profile) - 1) // 2
     tol = int(round(cfg.av_sync_tolerance_s * fps))
     med = float(np.median(profile))
     best = int(np.argmax(profile))
     near = float(profile[max(0, K - tol) : K + tol + 1].max())
-    sync = near - med
     offset = best - K
+    sync = near - med if abs(offset) <= tol else near - float(profile[best])
     return {
         "av_sync": round(sync, 3),
         "av_offset_s": round(offset / fps, 3),
         "av_confidence": round(float(profile[best]) - med, 3),
-        "av_unsynced": bool(abs(offset) > tol or sync < cfg.min_av_sync),
+        "av_unsynced": bool(sync < cfg.min_av_sync),
     }
 
 
 def span_measures(
-    times: np.ndarray, openings: np.ndarray, loud: np.ndarray, fps: float, step_s: float, cfg: FilterConfig
+    times: np.ndarray, openings: np.ndarray, shapes: np.ndarray, loud: np.ndarray, fps: float, cfg: FilterConfig
 ) -> dict:
-    """The AV-sync measures of one span: mouth openings at `times` (seconds since the audio's start, in time
-    order) against `loud` (band_loudness of the audio at `fps`). A still mouth scores 0 and is flagged."""
+    """The AV-sync measures of one span: the mouth at `times` (seconds since the audio's start, in time order;
+    its inner-lip opening and its shape, one row each) against `loud` (band_loudness of the audio at `fps`,
+    high-passed). A still mouth scores 0 and is flagged."""
     out: dict = {"av_sync": None, "av_offset_s": None, "av_confidence": None, "mouth_motion": None,
                  "av_unsynced": False}  # fmt: skip
     if len(times) < 2 or times[-1] - times[0] < MIN_SPAN_S:
@@ -123,16 +149,20 @@ def span_measures(
     out["mouth_motion"] = round(motion, 4)
     if motion < cfg.min_mouth_motion:
         return {**out, "av_sync": 0.0, "av_confidence": 0.0, "av_unsynced": True}
-    step = max(step_s, 1 / fps)
-    mouth = np.empty(len(times))
+    step = max(cfg.av_sync_step_s, 1 / fps)
+    X = np.asarray(shapes, dtype=np.float64).reshape(len(times), -1).copy()
     # filter each run of evenly spaced samples on its own (a window without a face leaves a gap)
     breaks = np.flatnonzero(np.diff(times) > 2.5 * step) + 1
+    w, sm = round(HIGHPASS_S / step) | 1, max(1, round(SMOOTH_S / step)) | 1
     for run in np.split(np.arange(len(times)), breaks):
-        mouth[run] = highpass(openings[run], round(HIGHPASS_S / step) | 1, max(1, round(SMOOTH_S / step)) | 1)
+        for c in range(X.shape[1]):
+            X[run, c] = highpass(X[run, c], w, sm)
+    if X.shape[1] > COMPONENTS:
+        u, sv, _ = np.linalg.svd(X - X.mean(0), full_matrices=False)
+        X = u[:, :COMPONENTS] * sv[:COMPONENTS]
     frames = np.round(times * fps).astype(np.int64)  # a frame shown from t has its sound centred on t + 0.5/fps
     K = int(round(cfg.av_sync_max_lag_s * fps))
-    profile = offset_profile(mouth, frames, loud, K)
-    return {**out, **decide(profile, fps, cfg)}
+    return {**out, **decide(offset_profile(X, frames, loud, K), fps, cfg)}
 
 
 @dataclass(eq=False)  # compared by identity: the item may hold arrays
@@ -169,12 +199,13 @@ class AVSyncTracker:
         self.audio_start_s = audio_start_s
         self.landmarks68 = landmarks68  # (grey or RGB image, box) -> (68, 2) array
         self.fps = fps or 25.0
-        self.loud = highpass(band_loudness(audio, self.fps), round(HIGHPASS_S * self.fps) | 1, 3)
+        self.loud = highpass(band_loudness(audio, self.fps), round(LOUD_HIGHPASS_S * self.fps) | 1, 3)
         self.shot_of = shot_of or (lambda t: 0)
         self.half = cfg.av_sync_span_s / 2
         self.slots: dict[int, _Slot] = {}
         self.last_slot = -1
-        self.series: list[tuple[float, float, int]] = []  # (time since the audio's start, opening, shot)
+        self.series: list[tuple[float, float, np.ndarray, int]] = []  # (time since the audio's start, opening,
+        # mouth shape, shot)
         self.open: list[_Open] = []
 
     def _measure(self, slot: _Slot, t: float, grey: np.ndarray) -> None:
@@ -186,7 +217,7 @@ class AVSyncTracker:
         cx, cy = centre + slot.offset
         hw, hh = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
         slot.box = (cx - hw, cy - hh, cx + hw, cy + hh)  # the next frame's box: the face as it moved
-        self.series.append((t - self.audio_start_s, mouth_opening(p), self.shot_of(t)))
+        self.series.append((t - self.audio_start_s, mouth_opening(p), mouth_shape(p), self.shot_of(t)))
 
     def push(self, t: float, grey: np.ndarray, slot: int) -> list[tuple[object, dict]]:
         """Take one context frame; return the (item, measures) whose span has passed."""
@@ -223,12 +254,13 @@ class AVSyncTracker:
         return [(o.item, self._score(o)) for o in done]
 
     def _score(self, o: _Open) -> dict:
-        series = sorted(x for x in self.series if x[2] == o.shot)
-        if not series:
-            return span_measures(np.zeros(0), np.zeros(0), self.loud, self.fps, self.cfg.av_sync_step_s, self.cfg)
+        series = sorted((x for x in self.series if x[3] == o.shot), key=lambda x: x[0])
         times = np.array([x[0] for x in series])
-        openings = np.array([x[1] for x in series])
+        if not series:
+            return span_measures(times, times, times, self.loud, self.fps, self.cfg)
         c = o.centre - self.audio_start_s
         lo = min(max(c - self.half, times[0]), max(times[-1] - 2 * self.half, times[0]))  # the span, kept in the shot
-        sel = (times >= lo - 1e-6) & (times <= lo + 2 * self.half + 1e-6)
-        return span_measures(times[sel], openings[sel], self.loud, self.fps, self.cfg.av_sync_step_s, self.cfg)
+        sel = np.flatnonzero((times >= lo - 1e-6) & (times <= lo + 2 * self.half + 1e-6))
+        openings = np.array([series[i][1] for i in sel])
+        shapes = np.array([series[i][2] for i in sel]).reshape(len(sel), -1)
+        return span_measures(times[sel], openings, shapes, self.loud, self.fps, self.cfg)

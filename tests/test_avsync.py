@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.avsync import AVSyncTracker, band_loudness, mouth_opening, offset_profile, span_measures
+from pipeline.avsync import AVSyncTracker, band_loudness, mouth_opening, mouth_shape, offset_profile, span_measures
 from pipeline.clip import BuildContext, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FilterConfig, ReviewConfig
 from pipeline.demo.synth import Placement, astronaut, grace_hopper, speaking_head, speech_wav, talking_head
@@ -61,6 +61,14 @@ def flagged_share(metas) -> float:
 # --- the measures ----------------------------------------------------------------------------------------------
 
 
+def test_mouth_shape_is_the_lips_in_eye_distances_around_their_centre():
+    p = np.random.default_rng(3).uniform(0, 100, (68, 2))
+    p[36:42], p[42:48] = (0, 0), (60, 0)
+    shape = mouth_shape(p)
+    assert shape.shape == (40,) and np.allclose(shape.reshape(20, 2).mean(0), 0)
+    assert np.allclose(mouth_shape(p * 2 + 7), shape)  # the same face twice the size, elsewhere
+
+
 def test_mouth_opening_is_the_inner_lip_gap_in_eye_distances():
     p = np.zeros((68, 2))
     p[36:42], p[42:48] = (0, 0), (60, 0)  # eye centres 60 px apart
@@ -92,6 +100,11 @@ def test_the_offset_search_finds_a_known_offset(offset):
     profile = offset_profile(mouth[frames], frames, loud, 15)
     assert len(profile) == 31 and int(np.argmax(profile)) - 15 == offset
     assert profile.max() - np.median(profile) > 0.5
+    # several mouth measures, the sound following a mix of them: the multiple correlation finds the offset too
+    parts = np.stack([_speechlike(n + 40, rng) for _ in range(3)], 1)
+    loud = np.roll(parts @ [1.0, -0.5, 0.3], offset) + 0.3 * rng.standard_normal(n + 40)
+    profile = offset_profile(parts[frames], frames, loud, 15)
+    assert int(np.argmax(profile)) - 15 == offset and profile.min() >= 0 and profile.max() - np.median(profile) > 0.5
 
 
 def test_span_measures_flag_late_and_unrelated_sound_and_a_still_mouth():
@@ -99,19 +112,24 @@ def test_span_measures_flag_late_and_unrelated_sound_and_a_still_mouth():
     fps, rng = 25.0, np.random.default_rng(5)
     n = 200
     signal = _speechlike(n, rng)
-    frames = np.arange(10, 160, 2)  # every 2nd frame (av_sync_step_s 0.08), 6 s
+    frames = np.arange(10, 160)  # every frame, 6 s
     times = frames / fps
     mouth = 0.1 + 0.05 * signal[frames]
-    synced = span_measures(times, mouth, signal, fps, 0.08, cfg)
+
+    def measure(mouth, loud, k=len(times)):  # the mouth's opening stands for its shape here
+        return span_measures(times[:k], mouth[:k], mouth[:k, None], loud, fps, cfg)
+
+    synced = measure(mouth, signal)
     assert abs(synced["av_offset_s"]) <= 0.04 and synced["av_sync"] > 0.5 and not synced["av_unsynced"]  # a frame
     assert synced["av_confidence"] >= synced["av_sync"] and synced["mouth_motion"] > cfg.min_mouth_motion
-    late = span_measures(times, mouth, np.roll(signal, 10), fps, 0.08, cfg)  # the sound 0.4 s late
-    assert abs(late["av_offset_s"] - 0.4) <= 0.04 and late["av_confidence"] > 0.5 and late["av_unsynced"]
-    other = span_measures(times, mouth, _speechlike(n, rng), fps, 0.08, cfg)
+    late = measure(mouth, np.roll(signal, 10))  # the sound 0.4 s late: a clear peak there, av_sync <= 0
+    assert abs(late["av_offset_s"] - 0.4) <= 0.04 and late["av_confidence"] > 0.5
+    assert late["av_sync"] <= 0 and late["av_unsynced"]
+    other = measure(mouth, _speechlike(n, rng))
     assert other["av_unsynced"] and other["av_sync"] < synced["av_sync"] - 0.3
-    still = span_measures(times, np.full(len(times), 0.1), signal, fps, 0.08, cfg)
+    still = measure(np.full(len(times), 0.1), signal)
     assert (still["av_sync"], still["mouth_motion"], still["av_unsynced"]) == (0.0, 0.0, True)
-    short = span_measures(times[:10], mouth[:10], signal, fps, 0.08, cfg)  # 0.72 s: too little evidence
+    short = measure(mouth, signal, k=20)  # 0.8 s: too little evidence
     assert short["av_sync"] is None and not short["av_unsynced"]
 
 

@@ -170,21 +170,33 @@ class _Open:
     item: object  # what the caller gets back with the measures
     centre: float
     shot: int
+    tracks: list[int]  # the mouth track of each of its faces
+
+
+@dataclass
+class _Follow:
+    """One face followed over the context frames of a slot, from its face frame."""
+
+    track: int
+    box: tuple[float, float, float, float]
+    offset: np.ndarray | None = None  # the box centre less the landmarks' centre, fixed at the face frame
 
 
 @dataclass
 class _Slot:
-    """The context frames around one grid frame: buffered until its face is known, then measured."""
+    """The context frames around one grid frame: buffered until its faces are known, then measured."""
 
     frames: list[tuple[float, np.ndarray]] = field(default_factory=list)
-    box: tuple[float, float, float, float] | None = None  # the box followed from the face frame forwards
-    offset: np.ndarray | None = None  # the box centre less the landmarks' centre, fixed at the face frame
+    faces: list[_Follow] = field(default_factory=list)
 
 
 class AVSyncTracker:
-    """Per clip: fed every context frame in time order (with the grid slot it belongs to), and told the face box
-    of each slot's face frame, it measures the mouth on each frame once and scores each face frame once the
-    frames up to `av_sync_span_s`/2 after it have passed (or the clip has ended)."""
+    """Per clip: fed every context frame in time order (with the grid slot it belongs to), and told the face boxes
+    of each slot's face frame, it measures each face's mouth on each frame once, and scores each face frame once
+    the frames up to `av_sync_span_s`/2 after it have passed (or the clip has ended).
+
+    A face frame may have several faces (the speaker is not known): each is followed on its own mouth track
+    (faces of successive slots are linked by position), and each gets its measures."""
 
     def __init__(
         self,
@@ -204,32 +216,46 @@ class AVSyncTracker:
         self.half = cfg.av_sync_span_s / 2
         self.slots: dict[int, _Slot] = {}
         self.last_slot = -1
-        self.series: list[tuple[float, float, np.ndarray, int]] = []  # (time since the audio's start, opening,
-        # mouth shape, shot)
+        self.tracks: list[tuple[float, float, float]] = []  # each mouth track's last face: centre x, y and width
+        self.series: list[tuple[float, float, np.ndarray, int, int]] = []  # (time since the audio's start, opening,
+        # mouth shape, shot, track)
         self.open: list[_Open] = []
 
-    def _measure(self, slot: _Slot, t: float, grey: np.ndarray) -> None:
-        box = slot.box
+    def _measure(self, f: _Follow, t: float, grey: np.ndarray) -> None:
+        box = f.box
         p = self.landmarks68(grey, tuple(int(round(v)) for v in box))
         centre = p.mean(0)
-        if slot.offset is None:
-            slot.offset = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]) - centre
-        cx, cy = centre + slot.offset
+        if f.offset is None:
+            f.offset = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]) - centre
+        cx, cy = centre + f.offset
         hw, hh = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
-        slot.box = (cx - hw, cy - hh, cx + hw, cy + hh)  # the next frame's box: the face as it moved
-        self.series.append((t - self.audio_start_s, mouth_opening(p), mouth_shape(p), self.shot_of(t)))
+        f.box = (cx - hw, cy - hh, cx + hw, cy + hh)  # the next frame's box: the face as it moved
+        self.series.append((t - self.audio_start_s, mouth_opening(p), mouth_shape(p), self.shot_of(t), f.track))
 
-    def push(self, t: float, grey: np.ndarray, slot: int) -> list[tuple[object, dict]]:
-        """Take one context frame; return the (item, measures) whose span has passed."""
-        for k in [k for k, s in self.slots.items() if k < slot and s.box is None]:
-            del self.slots[k]  # that grid frame has passed without a face: its frames give no mouth signal
+    def _track(self, box, taken: list[int]) -> int:
+        """The mouth track of a face: the track (not `taken` by another face of its frame) whose last face is
+        nearest, within one face width, or a new one."""
+        x, y, w = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, max(box[2] - box[0], 1)
+        dist = [(float(np.hypot(x - tx, y - ty)), i, tw) for i, (tx, ty, tw) in enumerate(self.tracks)]
+        near = [(d, i) for d, i, tw in dist if d < max(w, tw) and i not in taken]
+        i = min(near)[1] if near else len(self.tracks)
+        if i == len(self.tracks):
+            self.tracks.append((x, y, w))
+        self.tracks[i] = (x, y, w)
+        return i
+
+    def push(self, t: float, grey: np.ndarray, slot: int) -> list[tuple[object, list[dict]]]:
+        """Take one context frame; return the (item, measures of each of its faces) whose span has passed."""
+        for k in [k for k, s in self.slots.items() if k < slot]:
+            del self.slots[k]  # that grid frame has passed: with no face, its frames give no mouth signal
         self.last_slot = slot
         if self.series and self.series[0][0] < t - self.audio_start_s - 3 * self.half - 2.0:
             keep = t - self.audio_start_s - 3 * self.half - 2.0  # older samples lie in no open window's span
             self.series = [x for x in self.series if x[0] >= keep]
         s = self.slots.setdefault(slot, _Slot())
-        if s.box is not None:
-            self._measure(s, t, grey)
+        if s.faces:
+            for f in s.faces:
+                self._measure(f, t, grey)
         else:
             s.frames.append((t, grey))
         first = self.series[0][0] + self.audio_start_s if self.series else t
@@ -237,24 +263,32 @@ class AVSyncTracker:
         self.open = [o for o in self.open if o not in ready]
         return [(o.item, self._score(o)) for o in ready]
 
-    def start(self, item: object, centre: float, box) -> None:
-        """Score the face at `box` in the frame at `centre` (its slot's context frames before it pushed already)."""
+    def start(self, item: object, centre: float, box, *others) -> None:
+        """Score the face at `box` (and those at `others`) in the frame at `centre` (its slot's context frames
+        before it pushed already)."""
         s = self.slots.setdefault(self.last_slot, _Slot())
         before, s.frames = sorted(s.frames, key=lambda f: -f[0]), []
-        s.box = tuple(float(v) for v in box)
-        for t, grey in before:  # back in time from the face frame, following the face
-            self._measure(s, t, grey)
-        s.box, s.offset = tuple(float(v) for v in box), None  # forwards from the face frame again
-        self.open.append(_Open(item, centre, self.shot_of(centre)))
+        tracks = []
+        for b in (box, *others):
+            b = tuple(float(v) for v in b)
+            f = _Follow(self._track(b, tracks), b)
+            for t, grey in before:  # back in time from the face frame, following the face
+                self._measure(f, t, grey)
+            s.faces.append(_Follow(f.track, b))  # forwards from the face frame again
+            tracks.append(f.track)
+        self.open.append(_Open(item, centre, self.shot_of(centre), tracks))
 
-    def finish(self) -> list[tuple[object, dict]]:
+    def finish(self) -> list[tuple[object, list[dict]]]:
         """The items still open when the frames ran out (the clip's end)."""
         done, self.open = self.open, []
         self.slots.clear()
         return [(o.item, self._score(o)) for o in done]
 
-    def _score(self, o: _Open) -> dict:
-        series = sorted((x for x in self.series if x[3] == o.shot), key=lambda x: x[0])
+    def _score(self, o: _Open) -> list[dict]:
+        return [self._score_track(o, track) for track in o.tracks]
+
+    def _score_track(self, o: _Open, track: int) -> dict:
+        series = sorted((x for x in self.series if x[3] == o.shot and x[4] == track), key=lambda x: x[0])
         times = np.array([x[0] for x in series])
         if not series:
             return span_measures(times, times, times, self.loud, self.fps, self.cfg)

@@ -168,6 +168,7 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         rejected += straddling
     grid = FrameGrid.for_clip(cfg, n_cut)
     faces = FaceStage(cfg.faces, cfg.filters, windows, grid, clip.hint, shot_of=cuts.shot if cuts else None)
+    faces.tracker.candidates = cfg.faces.active_speaker and cfg.filters.av_sync  # several faces: AV sync chooses
     av = None
     if cfg.filters.av_sync:
         av = AVSyncStage(cfg.filters, audio, media.file_start_s, faces.models, media.info.fps or 25.0,
@@ -244,8 +245,8 @@ def counts_text(counts: dict[str, int]) -> str:
 
 
 def speaker_choice(choices: Counter[str]) -> str | None:
-    """ "hint" or "largest" when the speaker was picked among several faces at least once."""
-    for choice in (SpeakerChoice.HINT, SpeakerChoice.LARGEST):
+    """ "hint", "sync" or "largest" when the speaker was picked among several faces at least once."""
+    for choice in (SpeakerChoice.HINT, SpeakerChoice.SYNC, SpeakerChoice.LARGEST):
         if choices[choice]:
             return str(choice)
     return None

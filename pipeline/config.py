@@ -66,6 +66,9 @@ class FaceConfig:
     detect_face_px: int = 84  # faces are rescaled to about this width before HOG (its window is 80 px)
     roi_margins: tuple[float, ...] = (0.5, 1.5)  # face widths searched around the previous face, tight first
     hint_max_dist: float = 1.0  # the x,y hint must lie within this many face widths of a face's centre
+    active_speaker: bool = True  # several faces and no hint: each window keeps the face whose mouth moves with the
+    # voice (the best av_sync of up to max_candidates faces; needs filters.av_sync), not the largest
+    max_candidates: int = 3  # the largest faces of a frame that are candidates
     embeddings: bool = True  # write dlib.npy (the 128-D ResNet embedding)
     embed_batch: int = 16  # faces embedded per batch
     embedder: str = "torch"  # "torch": dlib's weights run in torch (same vectors, ~14x faster); "dlib": dlib itself

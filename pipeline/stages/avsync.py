@@ -6,6 +6,7 @@ comes out with its `av_*` measures, or rejected (av_unsynced) when `filters.reje
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..avsync import AVSyncTracker
 from ..config import FilterConfig
@@ -13,6 +14,17 @@ from ..faces import DlibModels
 from ..media import DecodedFrame
 from ..reasons import Reason
 from ..records import ClipAudio, FaceHit, Verdict
+
+
+def choose(hit: FaceHit, scores: list[dict]) -> tuple[FaceHit, dict]:
+    """The hit, or the candidate face whose mouth moves with the voice (the best av_sync; the hit's own face
+    on a tie or when none could be scored), with its measures."""
+    if not hit.candidates:
+        return hit.with_measures(**scores[0]), scores[0]
+    faces = [hit, *hit.candidates]
+    best = max(range(len(faces)), key=lambda i: (scores[i]["av_sync"] is not None, scores[i]["av_sync"] or 0.0, -i))
+    chosen = replace(faces[best], candidates=())
+    return chosen.with_measures(**scores[best], faces_scored=len(faces)), scores[best]
 
 
 class AVSyncStage:
@@ -41,8 +53,8 @@ class AVSyncStage:
         return self._scored(self.tracker.push(frame.time, frame.rgb, frame.index))
 
     def start(self, hit: FaceHit) -> None:
-        """Score this hit over the frames around it (its own frame has been pushed already)."""
-        self.tracker.start(hit, hit.frame_time, hit.face.bbox)
+        """Score this hit (and its candidate faces) over the frames around it (its own frame has been pushed)."""
+        self.tracker.start(hit, hit.frame_time, hit.face.bbox, *(c.face.bbox for c in hit.candidates))
 
     def finish(self) -> list[FaceHit | Verdict]:
         """The hits still open when the frames ran out."""
@@ -50,8 +62,8 @@ class AVSyncStage:
 
     def _scored(self, ready) -> list[FaceHit | Verdict]:
         out: list[FaceHit | Verdict] = []
-        for hit, score in ready:
-            hit = hit.with_measures(**score)
+        for hit, scores in ready:
+            hit, score = choose(hit, scores)
             if score["av_unsynced"] and self.filters.reject_av_unsynced:
                 out.append(Verdict.reject(hit.window, Reason.AV_UNSYNCED, hit))
             else:

@@ -223,7 +223,14 @@ class AVSyncTracker:
 
     def _measure(self, f: _Follow, t: float, grey: np.ndarray) -> None:
         box = f.box
-        p = self.landmarks68(grey, tuple(int(round(v)) for v in box))
+        # the predictor reads pixels all over its image: on the face's neighbourhood only, they stay in the CPU's
+        # cache (2.9 ms a frame on whole 854x480 frames that change, ~1 ms on the crop)
+        m = 0.5 * (box[2] - box[0])
+        x0, y0 = max(0, int(box[0] - m)), max(0, int(box[1] - m))
+        x1, y1 = min(grey.shape[1], int(box[2] + m) + 1), min(grey.shape[0], int(box[3] + m) + 1)
+        crop = np.ascontiguousarray(grey[y0:y1, x0:x1])
+        rel = (int(round(box[0])) - x0, int(round(box[1])) - y0, int(round(box[2])) - x0, int(round(box[3])) - y0)
+        p = self.landmarks68(crop, rel) + [x0, y0]
         centre = p.mean(0)
         if f.offset is None:
             f.offset = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]) - centre

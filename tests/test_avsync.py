@@ -263,9 +263,9 @@ def test_of_two_faces_the_one_whose_mouth_follows_the_voice_is_chosen():
     pts = np.zeros((68, 2))
     pts[36:42], pts[42:48] = (0, 0), (50, 0)
 
-    def landmarks(img, box):  # the frame number is in the first pixels; box[0] tells the two faces apart
-        j = int(img[0, 0]) * 256 + int(img[0, 1])
-        gap = 10 + 3 * (signal[j] if box[0] < 100 else other[j])
+    def landmarks(img, box):  # each face's crop has the frame number in its first row, and which face in its second
+        j = int(img[0, 0])
+        gap = 10 + 3 * (signal[j] if img[1, 0] == 0 else other[j])
         q = pts.copy()
         q[61:64, 1], q[65:68, 1] = 0, gap
         q[48:60, 1] = np.linspace(-gap / 2, gap / 2, 12)
@@ -280,7 +280,10 @@ def test_of_two_faces_the_one_whose_mouth_follows_the_voice_is_chosen():
     scored = []
     for j in range(n):
         t, slot = j / fps, j // 25
-        scored += tracker.push(t, np.array([[j // 256, j % 256]], np.uint8), slot)
+        frame = np.full((100, 400), j, np.uint8)
+        frame[1:, 200:] = 1  # the right-hand face's half
+        frame[1:, :200] = 0
+        scored += tracker.push(t, frame, slot)
         if j % 25 == 12:  # the face frame: the speaker (x 10) listed first in odd slots, second in even ones
             speaker, listener = hit(slot, 10), hit(slot, 300)
             first, second = (listener, speaker) if slot % 2 == 0 else (speaker, listener)

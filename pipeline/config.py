@@ -335,6 +335,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "speech.min_speech_ratio": (0, 1),
     "faces.crop_size": (16, None),
     "faces.embed_batch": (1, None),
+    "faces.max_candidates": (1, None),
     "faces.jpeg_quality": (1, 100),
     "faces.max_upsample": (0, 4),
     "faces.detect_face_px": (20, None),

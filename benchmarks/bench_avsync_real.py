@@ -24,7 +24,7 @@ from pipeline.clip import BuildContext, run_clip  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 from pipeline.media import probe  # noqa: E402
 from pipeline.records import Clip  # noqa: E402
-from pipeline.shards import read_clip_tar  # noqa: E402
+from pipeline.tars import read_samples  # noqa: E402
 
 REALVIDS = ROOT.parent / "shared" / "data" / "realvids"
 LATE_S = (0.2, 0.4, 1.0)
@@ -59,7 +59,7 @@ def score(path: Path, out: Path, cfg: Config) -> tuple[list[dict], float | None]
     status = run_clip(Clip(clip_id, str(path), clip_id, 1), ctx)
     if status.status != "ok":
         return [], None
-    return [json.loads(s["json"]) for s in read_clip_tar(ctx.clip_tar(clip_id))], status.av_sync
+    return [json.loads(s["json"]) for s in read_samples(ctx.clip_tar(clip_id))], status.av_sync
 
 
 def main() -> int:

@@ -10,6 +10,8 @@ dubbed and >= 80 % of 0.4 s-late windows flagged; every in-sync clip above every
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -53,13 +55,20 @@ def versions(clips: list[Path], tmp: Path) -> dict[str, list[Path]]:
     return out
 
 
-def score(path: Path, out: Path, cfg: Config) -> tuple[list[dict], float | None]:
+def score(path: Path, out: Path, cfg: Config) -> tuple[list[dict], dict]:
+    """(the sample jsons, the clip status) of one file through the clip pipeline."""
     ctx = BuildContext(out=out, cfg=cfg)
     clip_id = path.stem.replace(".", "p")  # sample keys hold no dot
     status = run_clip(Clip(clip_id, str(path), clip_id, 1), ctx)
     if status.status != "ok":
-        return [], None
-    return [json.loads(s["json"]) for s in read_samples(ctx.clip_tar(clip_id))], status.av_sync
+        return [], status.to_dict()
+    return [json.loads(s["json"]) for s in read_samples(ctx.clip_tar(clip_id))], status.to_dict()
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and its finished children (ffmpeg)."""
+    t, c = os.times(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return t.user + t.system + c.ru_utime + c.ru_stime
 
 
 def main() -> int:
@@ -69,22 +78,34 @@ def main() -> int:
         return 0
     cfg = Config.from_dict({"faces": {"embeddings": False}})
     clip_scores: dict[str, list[float]] = {}
-    print(f"{'version':10} {'windows':>7} {'flagged':>8}   clip medians (av_sync)")
+    print(f"{'version':10} {'windows':>7} {'flagged':>8}   per clip: av_sync median (av_offset_s, av_confidence)")
     with tempfile.TemporaryDirectory() as tmp:
         for name, paths in versions(clips, Path(tmp)).items():
-            flags, medians = [], []
+            flags, medians, cells = [], [], []
             for path in paths:
-                metas, med = score(path, Path(tmp) / "out" / name, cfg)
+                metas, st = score(path, Path(tmp) / "out" / name, cfg)
                 flags += [m["av_unsynced"] for m in metas if m.get("av_sync") is not None]
-                if med is not None:
-                    medians.append(med)
+                if st.get("av_sync") is not None:
+                    medians.append(st["av_sync"])
+                    cells.append(f"{st['av_sync']:.2f}({st['av_offset_s']:+.2f},{st['av_confidence']:.2f})")
             clip_scores[name] = medians
-            print(f"{name:10} {len(flags):7d} {np.mean(flags):8.0%}   {' '.join(f'{m:.2f}' for m in medians)}")
+            print(f"{name:10} {len(flags):7d} {np.mean(flags):8.0%}   {' '.join(cells)}")
+        # cost: the same in-sync clips with the AV-sync score on and off, CPU seconds per written window
+        n_windows, spent = 0, {}
+        for on in (True, False):
+            c = Config.from_dict({"faces": {"embeddings": False}, "filters": {"av_sync": on}})
+            t0 = cpu_s()
+            for path in clips:
+                metas, _ = score(path, Path(tmp) / "cost" / str(on), c)
+                n_windows += len(metas) if on else 0
+            spent[on] = cpu_s() - t0
     worst_sync = min(clip_scores["sync"])
     best_other = max(s for k, v in clip_scores.items() if k != "sync" for s in v)
     verdict = "separated" if worst_sync > best_other else "NOT separated"
     print(f"\nlowest in-sync clip {worst_sync:.2f}, highest dubbed/late clip {best_other:.2f}: ", end="")
     print(f"{verdict} (margin {worst_sync - best_other:+.2f})")
+    ms = 1000 * (spent[True] - spent[False]) / max(n_windows, 1)
+    print(f"AV-sync cost: {ms:.1f} CPU-ms per window ({n_windows} windows, score on minus off, all cores' CPU time)")
     return 0
 
 

@@ -177,7 +177,11 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         rejected += straddling
     grid = FrameGrid.for_clip(cfg, n_cut)
     faces = FaceStage(cfg.faces, cfg.filters, windows, grid, clip.hint, shot_of=cuts.shot if cuts else None)
-    av = AVSyncStage(cfg.filters, audio, media.file_start_s, faces.models) if cfg.filters.av_sync else None
+    faces.tracker.candidates = cfg.faces.active_speaker and cfg.filters.av_sync  # several faces: AV sync chooses
+    av = None
+    if cfg.filters.av_sync:
+        av = AVSyncStage(cfg.filters, audio, media.file_start_s, faces.models, media.info.fps or 25.0,
+                         grid.step_s, cuts.shot if cuts else None)  # fmt: skip
     identity = IdentityStage(cfg.faces, cfg.filters)
     choices: Counter[str] = Counter()  # how each face that passed the face filters was chosen
     hits: list[FaceHit] = []  # faces that passed every stage so far, in the order they are written
@@ -208,6 +212,8 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
     write_rejected(ctx, clip, rejected, make, identity)
     rejections = window_counts(rejected)
     scores = [h.measures["av_sync"] for h in kept if h.measures.get("av_sync") is not None]
+    offsets = [h.measures["av_offset_s"] for h in kept if h.measures.get("av_offset_s") is not None]
+    confidences = [h.measures["av_confidence"] for h in kept if h.measures.get("av_confidence") is not None]
     flags = Counter(str(Reason.AV_UNSYNCED) for h in kept if h.measures.get("av_unsynced"))
     status = ClipStatus(
         id=clip.clip_id,
@@ -220,6 +226,8 @@ def process_clip(clip: Clip, ctx: BuildContext, download_gate: Callable[[], None
         window_rejections=dict(sorted(rejections.items())),
         window_flags=dict(sorted(flags.items())),
         av_sync=round(float(statistics.median(scores)), 3) if scores else None,
+        av_offset_s=round(float(statistics.median(offsets)), 3) if offsets else None,
+        av_confidence=round(float(statistics.median(confidences)), 3) if confidences else None,
         speaker_choice=speaker_choice(choices),
         detail=f"{written} of {n_cut} windows written ({media.source.kind} source)",
     )
@@ -246,8 +254,8 @@ def counts_text(counts: dict[str, int]) -> str:
 
 
 def speaker_choice(choices: Counter[str]) -> str | None:
-    """ "hint" or "largest" when the speaker was picked among several faces at least once."""
-    for choice in (SpeakerChoice.HINT, SpeakerChoice.LARGEST):
+    """ "hint", "sync" or "largest" when the speaker was picked among several faces at least once."""
+    for choice in (SpeakerChoice.HINT, SpeakerChoice.SYNC, SpeakerChoice.LARGEST):
         if choices[choice]:
             return str(choice)
     return None

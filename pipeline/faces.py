@@ -106,6 +106,10 @@ class SpeakerTracker:
         self.hint = hint
         self.models = models or DlibModels.get()
         self.prev: Detection | None = None
+        self.candidates = False  # several faces and no hint: return them all (`others`), AV sync chooses
+        self.several = False  # ... and several faces have been seen in this clip: every frame is searched whole
+        self.others: list[Face] = []  # the other faces of the last frame, when candidates are on
+        self.found: list[Detection] = []  # ... their detections
 
     # -- detection -------------------------------------------------------------------------------
     def _search_roi(self, rgb: np.ndarray, margin: float) -> list[Detection]:
@@ -152,14 +156,21 @@ class SpeakerTracker:
     def find(self, rgb: np.ndarray) -> tuple[Detection | None, SpeakerChoice | Reason, int]:
         """(speaker detection, how it was chosen, faces seen), or (None, reason, faces seen)."""
         h, w = rgb.shape[:2]
-        for margin in self.cfg.roi_margins if self.prev is not None else ():
+        self.found = []
+        for margin in self.cfg.roi_margins if self.prev is not None and not self.several else ():
             if found := self._search_roi(rgb, margin):
                 best = min(found, key=lambda d: _dist(d.centre, self.prev.centre))
                 return best, SpeakerChoice.TRACK, len(found)
         found = self._search_frame(rgb)
         if not found:
             return None, Reason.NO_FACE, 0
+        if self.candidates and self.hint is None and len(found) > 1:
+            self.several = True
         det, choice = self._pick(found, (w, h))
+        if self.several:
+            choice = SpeakerChoice.SYNC
+            largest = sorted(found, key=lambda d: -d.width)[: self.cfg.max_candidates]
+            self.found = [d for d in largest if d is not det]
         if det is None:
             return None, Reason.SPEAKER_NOT_FOUND, len(found)
         return det, choice, len(found)
@@ -168,11 +179,17 @@ class SpeakerTracker:
     def __call__(self, rgb: np.ndarray) -> Face | Reason:
         """The aligned speaker face of one frame, or the reason there is none."""
         det, how, n = self.find(rgb)
+        self.others = []
         if det is None:
             return how  # type: ignore[return-value]
         self.prev = det
+        self.others = [self._face(rgb, d, how, n) for d in self.found if d.width >= self.cfg.min_face_px]
         if det.width < self.cfg.min_face_px:
             return Reason.FACE_TOO_SMALL
+        return self._face(rgb, det, how, n)
+
+    def _face(self, rgb: np.ndarray, det: Detection, how, n: int) -> Face:
+        """The aligned face of one detection."""
         dlib = self.models.dlib
         rect = dlib.rectangle(*det.box)
         shape = self.models.predictor(rgb, rect)

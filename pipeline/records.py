@@ -80,7 +80,9 @@ class ClipStatus:
     window_rejections: dict[str, int] = field(default_factory=dict)  # reason -> count
     window_flags: dict[str, int] = field(default_factory=dict)  # flag -> windows flagged (av_unsynced)
     av_sync: float | None = None  # median AV-sync score of the written windows: is the kept face the speaker?
-    speaker_choice: str | None = None  # "hint" or "largest" when several faces were seen
+    av_offset_s: float | None = None  # ... their median audio offset (s, > 0: the sound comes after the picture)
+    av_confidence: float | None = None  # ... and the median confidence of their offsets
+    speaker_choice: str | None = None  # "hint", "sync" or "largest" when several faces were seen
     cache_key: str | None = None  # clip config hash + pipeline version that produced it
     seconds: float = 0.0
     review: dict[str, int] | None = None  # an ok clip's windows by review outcome, when OUT has a review queue
@@ -111,6 +113,7 @@ class SpeakerChoice(StrEnum):
     HINT = "hint"  # nearest the manifest's x,y
     LARGEST = "largest"  # several faces and no hint: the largest
     TRACK = "track"  # near the speaker's face in the previous frame
+    SYNC = "sync"  # several faces and no hint: the one whose mouth moves with the voice (AV sync)
 
 
 class Status(StrEnum):
@@ -187,6 +190,8 @@ class FaceHit:
     frame_time: float  # the frame's own pts, seconds on the file's timeline (as ffmpeg reports it)
     face: Face
     measures: dict = field(default_factory=dict)  # the window's, the face filters' and later stages' measures
+    candidates: tuple[FaceHit, ...] = ()  # the frame's other faces that passed the filters, when the AV-sync
+    # stage chooses the speaker among them (several faces, no hint)
 
     def with_measures(self, **measures) -> FaceHit:
         return replace(self, measures={**self.measures, **measures})

@@ -1,5 +1,6 @@
-"""AV sync / active speaker: the mouth-opening score on generated speaking faces (in sync, out of sync, still),
-its measures, its flag and the two stricter uses of it (reject, review queue)."""
+"""AV sync / active speaker: the offset search on synthetic signals with a known offset, the score on generated
+speaking faces (in sync, out of sync, still), its measures, its flag and the two stricter uses of it (reject,
+review queue)."""
 
 import json
 from dataclasses import dataclass
@@ -8,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.avsync import AVSyncTracker, loudness_db, mouth_opening, sync_score
+from pipeline.avsync import AVSyncTracker, band_loudness, mouth_opening, mouth_shape, offset_profile, span_measures
 from pipeline.clip import BuildContext, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FilterConfig, ReviewConfig
 from pipeline.demo.synth import Placement, astronaut, grace_hopper, speaking_head, speech_wav, talking_head
@@ -60,6 +61,14 @@ def flagged_share(metas) -> float:
 # --- the measures ----------------------------------------------------------------------------------------------
 
 
+def test_mouth_shape_is_the_lips_in_eye_distances_around_their_centre():
+    p = np.random.default_rng(3).uniform(0, 100, (68, 2))
+    p[36:42], p[42:48] = (0, 0), (60, 0)
+    shape = mouth_shape(p)
+    assert shape.shape == (40,) and np.allclose(shape.reshape(20, 2).mean(0), 0)
+    assert np.allclose(mouth_shape(p * 2 + 7), shape)  # the same face twice the size, elsewhere
+
+
 def test_mouth_opening_is_the_inner_lip_gap_in_eye_distances():
     p = np.zeros((68, 2))
     p[36:42], p[42:48] = (0, 0), (60, 0)  # eye centres 60 px apart
@@ -68,58 +77,91 @@ def test_mouth_opening_is_the_inner_lip_gap_in_eye_distances():
     assert mouth_opening(p * 2) == pytest.approx(0.2)  # the same face twice the size
 
 
-def test_loudness_is_the_rms_level_around_each_instant():
-    t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    audio = np.where(t < 0.5, 1000 * np.sin(2 * np.pi * 440 * t), 0).astype(np.int16)
-    db = loudness_db(audio, np.array([4000, 12000]))
-    assert db[0] == pytest.approx(20 * np.log10(1000 / np.sqrt(2)), abs=0.1)  # a sine's RMS is peak / sqrt 2
-    assert db[1] == pytest.approx(0.0, abs=0.01)  # silence: the floor
+def test_band_loudness_is_the_speech_band_level_of_each_frame():
+    t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
+    audio = np.where(t < 1.0, 3000 * np.sin(2 * np.pi * 1000 * t), 3000 * np.sin(2 * np.pi * 60 * t)).astype(np.int16)
+    loud = band_loudness(audio, 25.0)  # 1 s of a 1 kHz tone, then 1 s of a 60 Hz hum
+    assert len(loud) == 50
+    assert loud[5:20].min() > loud[30:45].max() + 30  # the hum lies outside the speech band
 
 
-def test_sync_score_follows_the_correlation_of_mouth_and_loudness():
+def _speechlike(n: int, rng) -> np.ndarray:
+    """A syllable-rate random signal: noise smoothed over ~5 frames."""
+    return np.convolve(rng.standard_normal(n + 8), np.ones(5) / 5, mode="same")[4 : n + 4]
+
+
+@pytest.mark.parametrize("offset", [0, 3, 10, -7])
+def test_the_offset_search_finds_a_known_offset(offset):
+    rng = np.random.default_rng(offset + 20)
+    n = 150  # 6 s at 25 fps
+    mouth = _speechlike(n + 40, rng)
+    loud = np.roll(mouth, offset) + 0.5 * rng.standard_normal(n + 40)  # the sound `offset` frames late, noisy
+    frames = np.arange(20, 20 + n)
+    profile = offset_profile(mouth[frames], frames, loud, 15)
+    assert len(profile) == 31 and int(np.argmax(profile)) - 15 == offset
+    assert profile.max() - np.median(profile) > 0.5
+    # several mouth measures, the sound following a mix of them: the multiple correlation finds the offset too
+    parts = np.stack([_speechlike(n + 40, rng) for _ in range(3)], 1)
+    loud = np.roll(parts @ [1.0, -0.5, 0.3], offset) + 0.3 * rng.standard_normal(n + 40)
+    profile = offset_profile(parts[frames], frames, loud, 15)
+    assert int(np.argmax(profile)) - 15 == offset and profile.min() >= 0 and profile.max() - np.median(profile) > 0.5
+
+
+def test_span_measures_flag_late_and_unrelated_sound_and_a_still_mouth():
     cfg = FilterConfig()
-    rng = np.random.default_rng(0)
-    fps, n = 25, 25
-    times = 1.0 + np.arange(n) / fps
-    level = rng.uniform(0.1, 1.0, n)  # loudness at each frame
-    audio = np.zeros(3 * SAMPLE_RATE, np.int16)
-    for t, a in zip(times, level, strict=True):  # 40 ms of noise at each frame's level
-        i = int(t * SAMPLE_RATE)
-        audio[i - 320 : i + 320] = (a * 8000 * rng.standard_normal(640)).astype(np.int16)
-    openings = 0.05 + 0.1 * (np.log10(level) - np.log10(level).min())
-    synced = sync_score(times, openings, audio, 0.0, cfg)
-    assert synced["av_sync"] > 0.95 and synced["av_lag_s"] == 0.0 and not synced["av_unsynced"]
-    # a mouth moving to something else: the best of the lags of a chance correlation, mostly under the threshold
-    null = [sync_score(times, rng.permutation(openings), audio, 0.0, cfg)["av_sync"] for _ in range(200)]
-    assert np.median(null) < 0.3 and np.mean(np.array(null) < cfg.min_av_sync) > 0.7
-    still = sync_score(times, np.full(n, 0.1), audio, 0.0, cfg)
+    fps, rng = 25.0, np.random.default_rng(5)
+    n = 200
+    signal = _speechlike(n, rng)
+    frames = np.arange(10, 160)  # every frame, 6 s
+    times = frames / fps
+    mouth = 0.1 + 0.05 * signal[frames]
+
+    def measure(mouth, loud, k=None):  # the mouth's opening stands for its shape here
+        return span_measures(times[:k], mouth[:k], mouth[:k, None], loud, fps, cfg)
+
+    synced = measure(mouth, signal)
+    assert abs(synced["av_offset_s"]) <= 0.04 and synced["av_sync"] > 0.5 and not synced["av_unsynced"]  # a frame
+    assert synced["av_confidence"] >= synced["av_sync"] and synced["mouth_motion"] > cfg.min_mouth_motion
+    late = measure(mouth, np.roll(signal, 10))  # the sound 0.4 s late: a clear peak there, av_sync <= 0
+    assert abs(late["av_offset_s"] - 0.4) <= 0.04 and late["av_confidence"] > 0.5
+    assert late["av_sync"] <= 0 and late["av_unsynced"]
+    other = measure(mouth, _speechlike(n, rng))
+    assert other["av_unsynced"] and other["av_sync"] < synced["av_sync"] - 0.3
+    still = measure(np.full(len(times), 0.1), signal)
     assert (still["av_sync"], still["mouth_motion"], still["av_unsynced"]) == (0.0, 0.0, True)
-    beyond = sync_score(times + 5, openings, audio, 0.0, cfg)  # frames past the audio's end
-    assert beyond["av_sync"] is None and not beyond["av_unsynced"]
-    too_few = sync_score(times[:3], openings[:3], audio, 0.0, cfg)
-    assert too_few["av_sync"] is None
+    short = measure(mouth, signal, k=20)  # 0.8 s: too little evidence
+    assert short["av_sync"] is None and not short["av_unsynced"]
 
 
-def test_the_tracker_scores_faces_whose_spans_overlap():
-    """Two face frames closer than the span: both stay open at once, each gets the frames of its own span."""
-    cfg = FilterConfig(av_sync_span_s=1.0)
-    audio = np.random.default_rng(1).integers(-3000, 3000, 4 * SAMPLE_RATE).astype(np.int16)
+def test_the_tracker_measures_each_frame_once_and_scores_every_face():
+    """Face frames 1 s apart, the context frames of the whole clip: each frame gets one mouth measure, from the
+    box of its own slot's face, and every face is scored once its span has passed."""
+    cfg = FilterConfig(av_sync_span_s=4.0)
+    audio = np.random.default_rng(1).integers(-3000, 3000, 8 * SAMPLE_RATE).astype(np.int16)
     pts = np.zeros((68, 2))
     pts[36:42], pts[42:48] = (0, 0), (50, 0)
+    calls = []
 
     def landmarks(img, box):  # the test frames carry the mouth gap in their first pixel
+        calls.append(box)
         q = pts.copy()
         q[65:68, 1] = float(img[0, 0])
         return q
 
-    tracker = AVSyncTracker(cfg, audio, 0.0, landmarks)
+    tracker = AVSyncTracker(cfg, audio, 0.0, landmarks, 25.0)
     scored = []
-    for i, t in enumerate(np.arange(0.5, 3.5, 0.04)):
-        scored += tracker.push(float(t), np.full((2, 2), i % 7, np.uint8))
-        if abs(t - 1.5) < 1e-6 or abs(t - 1.82) < 1e-6:
-            tracker.start(("face", np.zeros((4, 4, 3))), float(t), (0, 0, 2, 2))  # arrays: never compared
+    times = np.round(np.arange(0.0, 7.0, 0.08), 2)
+    started = set()
+    for i, t in enumerate(times):
+        slot = int(t)  # the grid frame of slot k is near k + 0.5
+        scored += tracker.push(float(t), np.full((2, 2), i % 7, np.uint8), slot)
+        if t - slot >= 0.44 and slot not in started and slot != 3:  # slot 3: no face
+            started.add(slot)
+            tracker.start(("face", slot, np.zeros((4, 4, 3))), float(t), (0, 0, 2, 2))  # arrays: never compared
     scored += tracker.finish()
-    assert len(scored) == 2 and all(score["mouth_motion"] > 0 for _, score in scored)
+    assert sorted(item[1] for item, _ in scored) == [0, 1, 2, 4, 5, 6]
+    assert len(calls) == len(times) - sum(int(t) == 3 for t in times)  # one measure per frame with a face
+    assert all(len(s) == 1 and s[0]["mouth_motion"] > 0 and s[0]["av_offset_s"] is not None for _, s in scored)
 
 
 def test_context_frames_come_grey_in_time_order_around_each_grid_time(media):
@@ -156,7 +198,8 @@ def test_a_face_speaking_the_audio_is_kept_unflagged(sm, tmp_path):
         assert s.status == "ok" and len(metas) >= SECONDS - 2
         assert flagged_share(metas) <= 0.1, [m["av_sync"] for m in metas]
         assert s.window_flags.get("av_unsynced", 0) == sum(m["av_unsynced"] for m in metas)
-        assert s.av_sync == pytest.approx(np.median([m["av_sync"] for m in metas]), abs=1e-3) and s.av_sync > 0.7
+        assert s.av_sync == pytest.approx(np.median([m["av_sync"] for m in metas]), abs=1e-3) and s.av_sync > 0.4
+        assert abs(s.av_offset_s) <= FilterConfig().av_sync_tolerance_s and s.av_confidence >= s.av_sync
         assert all(m["mouth_motion"] > FilterConfig().min_mouth_motion for m in metas)
 
 
@@ -193,3 +236,60 @@ def test_flagged_windows_are_queued_for_review_only_when_asked():
     assert queue_reasons(metrics, ReviewConfig()) == []
     assert queue_reasons(metrics, ReviewConfig(queue_av_unsynced=True)) == ["av_unsynced"]
     assert queue_reasons({"av_sync": 0.8, "av_unsynced": False}, ReviewConfig(queue_av_unsynced=True)) == []
+
+
+# --- active speaker ---------------------------------------------------------------------------------------------
+
+
+def test_of_two_faces_the_one_whose_mouth_follows_the_voice_is_chosen():
+    """Two faces in every face frame, no hint: the tracker follows each on its own mouth track (linked across
+    slots by position), and the stage keeps the one whose mouth follows the loudness, whichever is listed first."""
+    from dataclasses import replace
+
+    from pipeline.records import Face, FaceHit, SpeakerChoice, Window
+    from pipeline.stages.avsync import choose
+
+    fps, rng = 25.0, np.random.default_rng(7)
+    n = 8 * 25
+    signal = _speechlike(n + 20, rng)
+    loud_of_frame = np.repeat(signal[:n], 1)
+    audio = np.zeros(n * SAMPLE_RATE // 25, np.int16)
+    for j in range(n):  # one frame's worth of 1 kHz tone at the signal's level: the loudness follows it
+        t = np.arange(640) / SAMPLE_RATE
+        audio[j * 640 : (j + 1) * 640] = (3000 * 10 ** (loud_of_frame[j] / 2) * np.sin(2 * np.pi * 1000 * t)).astype(
+            np.int16
+        )
+    other = _speechlike(n + 20, rng)
+    pts = np.zeros((68, 2))
+    pts[36:42], pts[42:48] = (0, 0), (50, 0)
+
+    def landmarks(img, box):  # each face's crop has the frame number in its first row, and which face in its second
+        j = int(img[0, 0])
+        gap = 10 + 3 * (signal[j] if img[1, 0] == 0 else other[j])
+        q = pts.copy()
+        q[61:64, 1], q[65:68, 1] = 0, gap
+        q[48:60, 1] = np.linspace(-gap / 2, gap / 2, 12)
+        return q + [box[0], 0]
+
+    def hit(k, x):
+        face = Face((x, 0, x + 80, 80), [[0, 0]] * 5, 1.0, np.zeros((8, 8, 3), np.uint8), None, 2, SpeakerChoice.SYNC)
+        return FaceHit(Window(k, k * SAMPLE_RATE, SAMPLE_RATE, 1.0, -20.0), k + 0.5, face)
+
+    cfg = FilterConfig()
+    tracker = AVSyncTracker(cfg, audio, 0.0, landmarks, fps)
+    scored = []
+    for j in range(n):
+        t, slot = j / fps, j // 25
+        frame = np.full((100, 400), j, np.uint8)
+        frame[1:, 200:] = 1  # the right-hand face's half
+        frame[1:, :200] = 0
+        scored += tracker.push(t, frame, slot)
+        if j % 25 == 12:  # the face frame: the speaker (x 10) listed first in odd slots, second in even ones
+            speaker, listener = hit(slot, 10), hit(slot, 300)
+            first, second = (listener, speaker) if slot % 2 == 0 else (speaker, listener)
+            item = replace(first, candidates=(second,))
+            tracker.start(item, t, first.face.bbox, second.face.bbox)
+    scored += tracker.finish()
+    chosen = [choose(item, scores)[0] for item, scores in scored]
+    assert len(chosen) == 8 and all(h.face.bbox[0] == 10 for h in chosen), [h.measures for h in chosen]
+    assert all(not h.measures["av_unsynced"] and h.measures["faces_scored"] == 2 for h in chosen)

@@ -114,10 +114,10 @@ def test_avsync_stage_scores_a_still_mouth_as_unsynced_and_rejects_when_asked(me
     for reject in (False, True):
         stage = AVSyncStage(FilterConfig(reject_av_unsynced=reject), ClipAudio(speech, speech), 0.0, DlibModels.get())
         out = []
-        for t in np.arange(1.0, 1.5, 0.08):
+        for t in np.arange(0.0, 1.5, 0.08):  # 3 s of frames around the face frame: enough evidence
             out += stage.push(DecodedFrame(1, float(t), grey, on_grid=False))
         stage.start(face)
-        for t in np.arange(1.5, 2.1, 0.08):
+        for t in np.arange(1.5, 3.0, 0.08):
             out += stage.push(DecodedFrame(1, float(t), grey, on_grid=False))
         out += stage.finish()
         [o] = out

@@ -4,6 +4,7 @@ face filters (detector score, out of frame, pose, blur). Per clip, since the tra
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 
 import numpy as np
 
@@ -58,10 +59,21 @@ class FaceStage:
             self.shot = shot
             self.cut()  # a new shot: search the whole frame again
         found = self.tracker(frame.rgb)
+        others = [h for f in self.tracker.others if (h := self.measured(FaceHit(window, frame.time, f), frame.rgb))]
         if not isinstance(found, Face):
             self.last[k] = Verdict.reject(window, Reason(found))
             return None
-        return self.check(FaceHit(window, frame.time, found, dict(window.measures)), frame.rgb)
+        hit = self.check(FaceHit(window, frame.time, found, dict(window.measures)), frame.rgb)
+        if hit is not None and others:  # several faces, no hint: the AV-sync stage chooses among them
+            hit = replace(hit, candidates=tuple(others))
+        return hit
+
+    def measured(self, hit: FaceHit, rgb: np.ndarray) -> FaceHit | None:
+        """A candidate face with the face filters' measures, or None when it fails them."""
+        hit = replace(hit, measures=dict(hit.window.measures))
+        m = quality.face_measures(hit.face, (rgb.shape[1], rgb.shape[0]))
+        hit = hit.with_measures(**m)
+        return None if quality.face_reason(hit.face.det_score, m, self.filters) else hit
 
     def check(self, hit: FaceHit, rgb: np.ndarray) -> FaceHit | None:
         """The hit with the face filters' measures, or None (the window's rejection kept for `finish`)."""

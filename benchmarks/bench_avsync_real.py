@@ -94,12 +94,15 @@ def main() -> int:
     cfg = Config.from_dict({"faces": {"embeddings": False}, "filters": {"av_sync_mouth": mouth}})
     print(f"av_sync_mouth: {mouth}")
     clip_scores: dict[str, list[float]] = {}
+    interview: dict[int, float] = {}  # the kept face's centre x in each second of the in-sync interview
     print(f"{'version':10} {'windows':>7} {'flagged':>8}   per clip: av_sync median (av_offset_s, av_confidence)")
     with tempfile.TemporaryDirectory() as tmp:
         for name, paths in versions(clips, Path(tmp)).items():
             flags, medians, cells = [], [], []
             for path in paths:
                 metas, st = score(path, Path(tmp) / "out" / name, cfg)
+                if name == "sync" and path.stem == "visualvoice_interview":
+                    interview = {int(m["frame_time"]): (m["bbox"][0] + m["bbox"][2]) / 2 for m in metas}
                 flags += [m["av_unsynced"] for m in metas if m.get("av_sync") is not None]
                 if st.get("av_sync") is not None:
                     medians.append(st["av_sync"])
@@ -120,6 +123,11 @@ def main() -> int:
     verdict = "separated" if worst_sync > best_other else "NOT separated"
     print(f"\nlowest in-sync clip {worst_sync:.2f}, highest dubbed/late clip {best_other:.2f}: ", end="")
     print(f"{verdict} (margin {worst_sync - best_other:+.2f}; target: separated)")
+    # the interview (1280 px wide): who speaks, from its frames: the left-hand man at 4-5 s, the right one at 11-12 s
+    kept = {s: "left" if interview.get(s, 640) < 640 else "right" for s in (4, 11)}
+    ok = kept == {4: "left", 11: "right"}
+    print(f"interview: face kept at 4 s {kept[4]} (speaks: left), at 11 s {kept[11]} (speaks: right): "
+          f"{'met' if ok else 'NOT met'}")  # fmt: skip
     ms = 1000 * (spent[True] - spent[False]) / max(n_windows, 1)
     print(f"AV-sync cost: {ms:.1f} CPU-ms per window ({n_windows} windows, score on minus off, all cores' CPU time)")
     return 0

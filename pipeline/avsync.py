@@ -39,7 +39,16 @@ HIGHPASS_S = 0.3  # the mouth signal less its moving average over this: only cha
 LOUD_HIGHPASS_S = 0.5  # the loudness less its moving average over this (its pauses are longer than the mouth's)
 SMOOTH_S = 0.12  # the mouth signal is smoothed over this (landmark jitter is frame to frame)
 MIN_SPAN_S = 2.0  # fewer seconds of mouth signal around a window: no score
-COMPONENTS = 3  # principal components of the mouth shape the loudness is regressed on
+COMPONENTS = 3  # principal components of the lip shapes ("lips") the loudness is regressed on ...
+PATCH_COMPONENTS = 2  # ... of the mouth patches ("pixels"; 3 flagged more in-sync windows on the real clips)
+NOSE_GRID = 20  # the nose template that follows the head between landmarks: this many pixels a side
+PATCH = (16, 12)  # the mouth patch's size in pixels (width, height)
+MOUTH_BOX = (2.0, 1.6)  # the mouth region's width and height in eye distances (the lips are ~0.9 wide) ...
+MOUTH_BELOW_NOSE = 0.42  # ... centred this far below the base of the nose (the lips' centre on the real clips'
+# frames: 0.36-0.50 eye distances, 10th-90th percentile, from dlib's 68 points)
+MIN_PATCH_MOTION = 0.03  # pixels: RMS of the high-passed mouth patches (in their std) under this: a still mouth
+# (in-sync real windows: 0.07 and more)
+NOSE_SIZE = 0.8  # the nose template's side in eye distances (from under the eye line to under the nose)
 
 
 def mouth_opening(landmarks68: np.ndarray) -> float:
@@ -57,6 +66,78 @@ def mouth_shape(landmarks68: np.ndarray) -> np.ndarray:
     iod = max(float(np.linalg.norm(p[36:42].mean(0) - p[42:48].mean(0))), 1.0)
     lips = p[48:68]
     return ((lips - lips.mean(0)) / iod).ravel()
+
+
+def mouth_patch(grey: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
+    """The grey mouth region `box` (mouth_box) of a frame, PATCH pixels (each the mean of 2x2 samples of the
+    frame, the nearest pixel each), less its mean, over its std: (PATCH[0] * PATCH[1],) float32. A region outside
+    the frame is cut at its edge."""
+    cx, cy, w, h = box
+    pw, ph = PATCH
+    patch = _sample(grey, cx, cy, 0.0, 2 * pw, 2 * ph, w / (2 * pw), h / (2 * ph)).reshape(ph, 2, pw, 2).mean((1, 3))
+    patch = patch.ravel() - patch.mean()
+    return patch / max(float(patch.std()), 1.0)
+
+
+def _sample(
+    grey: np.ndarray, cx: float, cy: float, step: float, nx: int, ny: int, sx: float = 0.0, sy: float = 0.0
+) -> np.ndarray:
+    """ny x nx pixels of `grey` (nearest) on a grid of spacing `step` (or `sx` across, `sy` down) centred on
+    (cx, cy), float32 (cut at the frame's edges)."""
+    sx, sy = sx or step, sy or step
+    xs = np.clip(np.round(cx + (np.arange(nx) - (nx - 1) / 2) * sx).astype(np.int64), 0, grey.shape[1] - 1)
+    ys = np.clip(np.round(cy + (np.arange(ny) - (ny - 1) / 2) * sy).astype(np.int64), 0, grey.shape[0] - 1)
+    return grey[ys[:, None], xs[None, :]].astype(np.float32)
+
+
+def face_frame(landmarks5) -> tuple[np.ndarray, np.ndarray, float]:
+    """(eyes' midpoint, the face's down direction (unit, across the eye line), eye distance) from dlib's 5 points
+    (two corners of each eye, then the base of the nose)."""
+    p = np.asarray(landmarks5, dtype=np.float64).reshape(5, 2)
+    e1, e2 = p[0:2].mean(0), p[2:4].mean(0)
+    iod = max(float(np.linalg.norm(e2 - e1)), 1.0)
+    u = (e2 - e1) / iod
+    down = np.array([-u[1], u[0]])
+    return (e1 + e2) / 2, (down if down[1] >= 0 else -down), iod
+
+
+def mouth_box(landmarks5) -> tuple[float, float, float, float]:
+    """The mouth region the patches are cut from, from dlib's 5 points: centred MOUTH_BELOW_NOSE eye distances
+    below the base of the nose, MOUTH_BOX eye distances wide and high (x centre, y centre, width, height), so it
+    holds the lips, the teeth and the chin's top, wide open or shut."""
+    _, down, iod = face_frame(landmarks5)
+    cx, cy = np.asarray(landmarks5, dtype=np.float64).reshape(5, 2)[4] + MOUTH_BELOW_NOSE * iod * down
+    return float(cx), float(cy), MOUTH_BOX[0] * iod, MOUTH_BOX[1] * iod
+
+
+def nose_template(grey: np.ndarray, landmarks5) -> tuple[np.ndarray, np.ndarray, float]:
+    """(template, centre, step): the grey nose region (rigid: it does not move with speech), NOSE_GRID pixels a
+    side over NOSE_SIZE eye distances, centred between the eyes' midpoint and the base of the nose, less its mean."""
+    mid, _, iod = face_frame(landmarks5)
+    centre = (mid + np.asarray(landmarks5, dtype=np.float64).reshape(5, 2)[4]) / 2
+    step = NOSE_SIZE * iod / NOSE_GRID
+    t = _sample(grey, centre[0], centre[1], step, NOSE_GRID, NOSE_GRID)
+    return t - t.mean(), centre, step
+
+
+def follow_nose(grey: np.ndarray, template: np.ndarray, centre: np.ndarray, step: float, reach: int = 3) -> np.ndarray:
+    """Where the nose `template` (nose_template) lies in this frame, near `centre`: the shift of least squared
+    difference within `reach` grid steps either way, refined to a fraction of a step by a parabola."""
+    n = template.shape[0]
+    area = _sample(grey, centre[0], centre[1], step, n + 2 * reach, n + 2 * reach)
+    win = np.lib.stride_tricks.sliding_window_view(area, (n, n))
+    ssd = ((win - win.mean((2, 3), keepdims=True) - template) ** 2).sum((2, 3))
+    if ssd[reach, reach] <= ssd.min() * (1 + 1e-6) + 1e-6:
+        return centre  # no better place (a flat nose region matches anywhere): the head held still
+    iy, ix = np.unravel_index(int(np.argmin(ssd)), ssd.shape)
+    d = []
+    for i, line in ((iy, ssd[:, ix]), (ix, ssd[iy, :])):
+        if 0 < i < len(line) - 1:
+            den = line[i - 1] - 2 * line[i] + line[i + 1]
+            d.append(i + (0.5 * (line[i - 1] - line[i + 1]) / den if den > 0 else 0.0) - reach)
+        else:
+            d.append(i - reach)
+    return centre + np.array([d[1], d[0]]) * step
 
 
 def band_loudness(audio: np.ndarray, fps: float, n: int | None = None) -> np.ndarray:
@@ -77,13 +158,15 @@ def band_loudness(audio: np.ndarray, fps: float, n: int | None = None) -> np.nda
 
 
 def _moving_mean(x: np.ndarray, w: int) -> np.ndarray:
-    pad = np.pad(x, (w // 2, w - 1 - w // 2), mode="edge")
-    c = np.concatenate([[0.0], np.cumsum(pad)])
+    """The moving average of x over w samples along its first axis (edges held)."""
+    pad = np.pad(x, [(w // 2, w - 1 - w // 2)] + [(0, 0)] * (x.ndim - 1), mode="edge")
+    c = np.concatenate([np.zeros((1, *x.shape[1:])), np.cumsum(pad, axis=0)])
     return (c[w:] - c[:-w]) / w
 
 
 def highpass(x: np.ndarray, w: int, smooth: int = 1) -> np.ndarray:
-    """x smoothed over `smooth` samples, less its moving average over `w` samples (edges held)."""
+    """x smoothed over `smooth` samples, less its moving average over `w` samples (edges held), along its first
+    axis (each column of a 2-D x on its own)."""
     x = np.asarray(x, dtype=np.float64)
     if smooth > 1:
         x = _moving_mean(x, smooth)
@@ -97,7 +180,21 @@ def offset_profile(mouth: np.ndarray, frames: np.ndarray, loud: np.ndarray, max_
     shifted frame lies outside `loud` are left out of that offset's R."""
     X = np.asarray(mouth, dtype=np.float64).reshape(len(frames), -1)
     out = np.zeros(2 * max_offset + 1)
-    for i, k in enumerate(range(-max_offset, max_offset + 1)):
+    ks = np.arange(-max_offset, max_offset + 1)
+    inside = (frames.min() + ks >= 0) & (frames.max() + ks < len(loud))  # offsets with every sample's sound
+    if X.shape[1] > 1 and inside.any() and len(frames) > X.shape[1] + 2:
+        # the same samples at each of these offsets: one basis of the mouth's columns serves them all
+        Xc = X - X.mean(0)
+        if np.any(Xc):
+            q, _ = np.linalg.qr(Xc)
+            B = loud[frames[:, None] + ks[inside][None, :]]
+            B = B - B.mean(0)
+            bb = np.einsum("ij,ij->j", B, B)
+            fit = np.sum((q.T @ B) ** 2, axis=0)
+            out[inside] = np.where(bb > 0, np.sqrt(np.minimum(1.0, fit / np.where(bb > 0, bb, 1.0))), 0.0)
+    for i, k in enumerate(ks):
+        if X.shape[1] > 1 and inside[i]:
+            continue
         j = frames + k
         ok = (j >= 0) & (j < len(loud))
         if ok.sum() <= X.shape[1] + 2:
@@ -114,6 +211,18 @@ def offset_profile(mouth: np.ndarray, frames: np.ndarray, loud: np.ndarray, max_
             q, _ = np.linalg.qr(Xk)
             out[i] = np.sqrt(min(1.0, float(np.sum((q.T @ b) ** 2)) / bb))
     return out
+
+
+def principal_components(X: np.ndarray, k: int) -> np.ndarray:
+    """The scores of the rows of X (n, d) on their first k principal components, from the eigenvectors of the
+    smaller of X's two Gram matrices (n x n or d x d): an SVD of a 150 x 512 span of patches costs several times
+    more."""
+    X = X - X.mean(0)
+    if X.shape[0] <= X.shape[1]:
+        w, v = np.linalg.eigh(X @ X.T)
+        return v[:, ::-1][:, :k] * np.sqrt(np.maximum(w[::-1][:k], 0.0))
+    w, v = np.linalg.eigh(X.T @ X)
+    return X @ v[:, ::-1][:, :k]
 
 
 def decide(profile: np.ndarray, fps: float, cfg: FilterConfig) -> dict:
@@ -136,30 +245,34 @@ def decide(profile: np.ndarray, fps: float, cfg: FilterConfig) -> dict:
 
 
 def span_measures(
-    times: np.ndarray, openings: np.ndarray, shapes: np.ndarray, loud: np.ndarray, fps: float, cfg: FilterConfig
+    times: np.ndarray, mouth: np.ndarray, loud: np.ndarray, fps: float, cfg: FilterConfig, openings=None
 ) -> dict:
-    """The AV-sync measures of one span: the mouth at `times` (seconds since the audio's start, in time order;
-    its inner-lip opening and its shape, one row each) against `loud` (band_loudness of the audio at `fps`,
-    high-passed). A still mouth scores 0 and is flagged."""
+    """The AV-sync measures of one span: the mouth at `times` (seconds since the audio's start, in time order; one
+    row of measures each: the lip shape or the mouth patch's pixels) against `loud` (band_loudness of the audio at
+    `fps`, high-passed). `mouth_motion` is the std of the inner-lip `openings` when given (under
+    `min_mouth_motion`: a still mouth), else the RMS of the high-passed measures (under MIN_PATCH_MOTION); a still
+    mouth scores 0 and is flagged."""
     out: dict = {"av_sync": None, "av_offset_s": None, "av_confidence": None, "mouth_motion": None,
                  "av_unsynced": False}  # fmt: skip
     if len(times) < 2 or times[-1] - times[0] < MIN_SPAN_S:
         return out
-    motion = float(np.std(openings))
-    out["mouth_motion"] = round(motion, 4)
-    if motion < cfg.min_mouth_motion:
-        return {**out, "av_sync": 0.0, "av_confidence": 0.0, "av_unsynced": True}
     step = max(cfg.av_sync_step_s, 1 / fps)
-    X = np.asarray(shapes, dtype=np.float64).reshape(len(times), -1).copy()
+    X = np.asarray(mouth, dtype=np.float64).reshape(len(times), -1).copy()
     # filter each run of evenly spaced samples on its own (a window without a face leaves a gap)
     breaks = np.flatnonzero(np.diff(times) > 2.5 * step) + 1
     w, sm = round(HIGHPASS_S / step) | 1, max(1, round(SMOOTH_S / step)) | 1
     for run in np.split(np.arange(len(times)), breaks):
-        for c in range(X.shape[1]):
-            X[run, c] = highpass(X[run, c], w, sm)
-    if X.shape[1] > COMPONENTS:
-        u, sv, _ = np.linalg.svd(X - X.mean(0), full_matrices=False)
-        X = u[:, :COMPONENTS] * sv[:COMPONENTS]
+        X[run] = highpass(X[run], w, sm)
+    if openings is not None:
+        motion, floor = float(np.std(openings)), cfg.min_mouth_motion
+    else:
+        motion, floor = float(np.sqrt(np.mean(X**2))), MIN_PATCH_MOTION
+    out["mouth_motion"] = round(motion, 4)
+    if motion < floor:
+        return {**out, "av_sync": 0.0, "av_confidence": 0.0, "av_unsynced": True}
+    k = COMPONENTS if openings is not None else PATCH_COMPONENTS
+    if X.shape[1] > k:
+        X = principal_components(X, k)
     frames = np.round(times * fps).astype(np.int64)  # a frame shown from t has its sound centred on t + 0.5/fps
     K = int(round(cfg.av_sync_max_lag_s * fps))
     return {**out, **decide(offset_profile(X, frames, loud, K), fps, cfg)}
@@ -178,8 +291,12 @@ class _Follow:
     """One face followed over the context frames of a slot, from its face frame."""
 
     track: int
-    box: tuple[float, float, float, float]
-    offset: np.ndarray | None = None  # the box centre less the landmarks' centre, fixed at the face frame
+    box: tuple[float, float, float, float]  # the detector's box on the face frame, then (lips) where it moved
+    landmarks5: np.ndarray  # dlib's 5 points on the face frame
+    offset: np.ndarray | None = None  # lips: the box centre less the 68 landmarks' centre, fixed at the face frame
+    anchor: tuple | None = None  # from the first frame measured: the nose template, its grid step, the mouth box's
+    # centre less the nose's, the mouth box's size, the nose's centre there
+    nose: np.ndarray | None = None  # the nose's centre on the last frame measured
 
 
 @dataclass
@@ -203,13 +320,13 @@ class AVSyncTracker:
         cfg: FilterConfig,
         audio: np.ndarray,
         audio_start_s: float,
-        landmarks68: Callable,
         fps: float,
         shot_of: Callable[[float], int] | None = None,
+        landmarks68: Callable | None = None,
     ):
         self.cfg = cfg
         self.audio_start_s = audio_start_s
-        self.landmarks68 = landmarks68  # (grey or RGB image, box) -> (68, 2) array
+        self.landmarks68 = landmarks68  # (grey image, box) -> (68, 2) array: for av_sync_mouth "lips"
         self.fps = fps or 25.0
         self.loud = highpass(band_loudness(audio, self.fps), round(LOUD_HIGHPASS_S * self.fps) | 1, 3)
         self.shot_of = shot_of or (lambda t: 0)
@@ -217,11 +334,30 @@ class AVSyncTracker:
         self.slots: dict[int, _Slot] = {}
         self.last_slot = -1
         self.tracks: list[tuple[float, float, float]] = []  # each mouth track's last face: centre x, y and width
-        self.series: list[tuple[float, float, np.ndarray, int, int]] = []  # (time since the audio's start, opening,
-        # mouth shape, shot, track)
+        self.series: list[tuple[float, float, np.ndarray, int, int]] = []  # (time since the audio's start, inner-lip
+        # opening (lips), lip shape or mouth patch, shot, track)
         self.open: list[_Open] = []
 
     def _measure(self, f: _Follow, t: float, grey: np.ndarray) -> None:
+        """The mouth of face `f` on this frame. `lips`: dlib's 68 landmarks, the lip shape (and the inner-lip
+        opening). `pixels`: the mouth patch; the face frame's 5 points place the mouth relative to the nose, whose
+        template then follows the head from frame to frame (the nose does not move with speech)."""
+        if self.cfg.av_sync_mouth == "lips":
+            p = self._landmarks(f, grey)
+            self.series.append((t - self.audio_start_s, mouth_opening(p), mouth_shape(p), self.shot_of(t), f.track))
+            return
+        if f.anchor is None:
+            template, f.nose, step = nose_template(grey, f.landmarks5)
+            cx, cy, w, h = mouth_box(f.landmarks5)
+            f.anchor = (template, step, np.array([cx, cy]) - f.nose, (w, h), f.nose)
+        else:
+            f.nose = follow_nose(grey, f.anchor[0], f.nose, f.anchor[1])
+        (cx, cy), (w, h) = f.nose + f.anchor[2], f.anchor[3]
+        patch = mouth_patch(grey, (float(cx), float(cy), w, h))
+        self.series.append((t - self.audio_start_s, np.nan, patch, self.shot_of(t), f.track))
+
+    def _landmarks(self, f: _Follow, grey: np.ndarray) -> np.ndarray:
+        """dlib's 68 landmarks of face `f` on this frame; its box follows them for the next frame."""
         box = f.box
         # the predictor reads pixels all over its image: on the face's neighbourhood only, they stay in the CPU's
         # cache (2.9 ms a frame on whole 854x480 frames that change, ~1 ms on the crop)
@@ -237,12 +373,13 @@ class AVSyncTracker:
         cx, cy = centre + f.offset
         hw, hh = (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
         f.box = (cx - hw, cy - hh, cx + hw, cy + hh)  # the next frame's box: the face as it moved
-        self.series.append((t - self.audio_start_s, mouth_opening(p), mouth_shape(p), self.shot_of(t), f.track))
+        return p
 
-    def _track(self, box, taken: list[int]) -> int:
+    def _track(self, landmarks5: np.ndarray, taken: list[int]) -> int:
         """The mouth track of a face: the track (not `taken` by another face of its frame) whose last face is
-        nearest, within one face width, or a new one."""
-        x, y, w = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, max(box[2] - box[0], 1)
+        nearest, within one face width (two eye distances), or a new one."""
+        mid, _, iod = face_frame(landmarks5)
+        x, y, w = float(mid[0]), float(mid[1]), 2 * iod
         dist = [(float(np.hypot(x - tx, y - ty)), i, tw) for i, (tx, ty, tw) in enumerate(self.tracks)]
         near = [(d, i) for d, i, tw in dist if d < max(w, tw) and i not in taken]
         i = min(near)[1] if near else len(self.tracks)
@@ -270,18 +407,20 @@ class AVSyncTracker:
         self.open = [o for o in self.open if o not in ready]
         return [(o.item, self._score(o)) for o in ready]
 
-    def start(self, item: object, centre: float, box, *others) -> None:
-        """Score the face at `box` (and those at `others`) in the frame at `centre` (its slot's context frames
-        before it pushed already)."""
+    def start(self, item: object, centre: float, face, *others) -> None:
+        """Score the face `face` (its box and dlib's 5 points; and those of `others`) in the frame at `centre`
+        (its slot's context frames before it pushed already, the face frame first of them)."""
         s = self.slots.setdefault(self.last_slot, _Slot())
         before, s.frames = sorted(s.frames, key=lambda f: -f[0]), []
         tracks = []
-        for b in (box, *others):
-            b = tuple(float(v) for v in b)
-            f = _Follow(self._track(b, tracks), b)
+        for box, points in (face, *others):
+            box, points = tuple(float(v) for v in box), np.asarray(points, dtype=np.float64).reshape(5, 2)
+            f = _Follow(self._track(points, tracks), box, points)
             for t, grey in before:  # back in time from the face frame, following the face
                 self._measure(f, t, grey)
-            s.faces.append(_Follow(f.track, b))  # forwards from the face frame again
+            # forwards from the face frame again, from the nose placed on it
+            nose = None if f.anchor is None else f.anchor[4]
+            s.faces.append(_Follow(f.track, box, points, anchor=f.anchor, nose=nose))
             tracks.append(f.track)
         self.open.append(_Open(item, centre, self.shot_of(centre), tracks))
 
@@ -298,10 +437,10 @@ class AVSyncTracker:
         series = sorted((x for x in self.series if x[3] == o.shot and x[4] == track), key=lambda x: x[0])
         times = np.array([x[0] for x in series])
         if not series:
-            return span_measures(times, times, times, self.loud, self.fps, self.cfg)
+            return span_measures(times, times, self.loud, self.fps, self.cfg)
         c = o.centre - self.audio_start_s
         lo = min(max(c - self.half, times[0]), max(times[-1] - 2 * self.half, times[0]))  # the span, kept in the shot
         sel = np.flatnonzero((times >= lo - 1e-6) & (times <= lo + 2 * self.half + 1e-6))
-        openings = np.array([series[i][1] for i in sel])
-        shapes = np.array([series[i][2] for i in sel]).reshape(len(sel), -1)
-        return span_measures(times[sel], openings, shapes, self.loud, self.fps, self.cfg)
+        mouth = np.array([series[i][2] for i in sel]).reshape(len(sel), -1)
+        openings = np.array([series[i][1] for i in sel]) if self.cfg.av_sync_mouth == "lips" else None
+        return span_measures(times[sel], mouth, self.loud, self.fps, self.cfg, openings)

@@ -9,7 +9,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.avsync import AVSyncTracker, band_loudness, mouth_opening, mouth_shape, offset_profile, span_measures
+from pipeline.avsync import (
+    AVSyncTracker,
+    band_loudness,
+    follow_nose,
+    mouth_box,
+    mouth_opening,
+    mouth_patch,
+    mouth_shape,
+    nose_template,
+    offset_profile,
+    span_measures,
+)
 from pipeline.clip import BuildContext, run_clip
 from pipeline.config import SAMPLE_RATE, Config, FilterConfig, ReviewConfig
 from pipeline.demo.synth import Placement, astronaut, grace_hopper, speaking_head, speech_wav, talking_head
@@ -20,6 +31,7 @@ from pipeline.tars import read_samples
 from tests.conftest import H, W
 
 SECONDS = 16
+P5 = [[0, 0], [1, 0], [2, 0], [3, 0], [1.5, 1]]  # dlib's 5 points of a tiny face (eye corners, nose)
 
 
 @dataclass
@@ -77,6 +89,13 @@ def test_mouth_opening_is_the_inner_lip_gap_in_eye_distances():
     assert mouth_opening(p * 2) == pytest.approx(0.2)  # the same face twice the size
 
 
+def test_the_mouth_box_lies_below_the_nose_and_scales_with_the_eye_distance():
+    p5 = np.array([[100, 100], [80, 100], [20, 100], [40, 100], [60, 140]], float)  # eyes 60 px apart
+    cx, cy, w, h = mouth_box(p5)
+    assert (cx, w, h) == pytest.approx((60, 120, 96)) and cy == pytest.approx(140 + 0.42 * 60)
+    assert np.allclose(mouth_box(p5 * 2), (2 * cx, 2 * cy, 2 * w, 2 * h))  # the same face twice the size
+
+
 def test_band_loudness_is_the_speech_band_level_of_each_frame():
     t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
     audio = np.where(t < 1.0, 3000 * np.sin(2 * np.pi * 1000 * t), 3000 * np.sin(2 * np.pi * 60 * t)).astype(np.int16)
@@ -114,10 +133,10 @@ def test_span_measures_flag_late_and_unrelated_sound_and_a_still_mouth():
     signal = _speechlike(n, rng)
     frames = np.arange(10, 160)  # every frame, 6 s
     times = frames / fps
-    mouth = 0.1 + 0.05 * signal[frames]
+    mouth = 0.1 + 0.5 * signal[frames]
 
-    def measure(mouth, loud, k=None):  # the mouth's opening stands for its shape here
-        return span_measures(times[:k], mouth[:k], mouth[:k, None], loud, fps, cfg)
+    def measure(mouth, loud, k=None):  # one measure of the mouth stands for its patch's pixels here
+        return span_measures(times[:k], mouth[:k, None], loud, fps, cfg)
 
     synced = measure(mouth, signal)
     assert abs(synced["av_offset_s"]) <= 0.04 and synced["av_sync"] > 0.5 and not synced["av_unsynced"]  # a frame
@@ -133,10 +152,10 @@ def test_span_measures_flag_late_and_unrelated_sound_and_a_still_mouth():
     assert short["av_sync"] is None and not short["av_unsynced"]
 
 
-def test_the_tracker_measures_each_frame_once_and_scores_every_face():
+def test_with_lips_the_tracker_reads_the_landmarks_on_every_frame_and_scores_every_face():
     """Face frames 1 s apart, the context frames of the whole clip: each frame gets one mouth measure, from the
     box of its own slot's face, and every face is scored once its span has passed."""
-    cfg = FilterConfig(av_sync_span_s=4.0)
+    cfg = FilterConfig(av_sync_span_s=4.0, av_sync_mouth="lips")
     audio = np.random.default_rng(1).integers(-3000, 3000, 8 * SAMPLE_RATE).astype(np.int16)
     pts = np.zeros((68, 2))
     pts[36:42], pts[42:48] = (0, 0), (50, 0)
@@ -148,7 +167,7 @@ def test_the_tracker_measures_each_frame_once_and_scores_every_face():
         q[65:68, 1] = float(img[0, 0])
         return q
 
-    tracker = AVSyncTracker(cfg, audio, 0.0, landmarks, 25.0)
+    tracker = AVSyncTracker(cfg, audio, 0.0, 25.0, landmarks68=landmarks)
     scored = []
     times = np.round(np.arange(0.0, 7.0, 0.08), 2)
     started = set()
@@ -157,11 +176,66 @@ def test_the_tracker_measures_each_frame_once_and_scores_every_face():
         scored += tracker.push(float(t), np.full((2, 2), i % 7, np.uint8), slot)
         if t - slot >= 0.44 and slot not in started and slot != 3:  # slot 3: no face
             started.add(slot)
-            tracker.start(("face", slot, np.zeros((4, 4, 3))), float(t), (0, 0, 2, 2))  # arrays: never compared
+            tracker.start(("face", slot, np.zeros((4, 4, 3))), float(t), ((0, 0, 2, 2), P5))  # arrays: never compared
     scored += tracker.finish()
     assert sorted(item[1] for item, _ in scored) == [0, 1, 2, 4, 5, 6]
     assert len(calls) == len(times) - sum(int(t) == 3 for t in times)  # one measure per frame with a face
     assert all(len(s) == 1 and s[0]["mouth_motion"] > 0 and s[0]["av_offset_s"] is not None for _, s in scored)
+
+
+def test_with_pixels_the_tracker_cuts_a_patch_on_every_frame_and_scores_every_face(monkeypatch):
+    """Face frames 1 s apart, the context frames of the whole clip: each frame gets one mouth patch, placed from
+    its own slot's face frame, and every face is scored once its span has passed."""
+    import pipeline.avsync as avsync
+
+    cfg = FilterConfig(av_sync_span_s=4.0, av_sync_mouth="pixels")
+    audio = np.random.default_rng(1).integers(-3000, 3000, 8 * SAMPLE_RATE).astype(np.int16)
+    p5 = np.array([[10, 10], [18, 10], [30, 10], [38, 10], [24, 22]], float)
+    boxes = []
+    patch = avsync.mouth_patch
+    monkeypatch.setattr(avsync, "mouth_patch", lambda grey, box: boxes.append(box) or patch(grey, box))
+    tracker = AVSyncTracker(cfg, audio, 0.0, 25.0)
+    scored = []
+    times = np.round(np.arange(0.0, 7.0, 0.08), 2)
+    started = set()
+    for i, t in enumerate(times):
+        slot = int(t)  # the grid frame of slot k is near k + 0.5
+        frame = np.zeros((48, 48), np.uint8)
+        frame[28 : 30 + i % 7, 18:30] = 200  # a mouth opening and closing
+        scored += tracker.push(float(t), frame, slot)
+        if t - slot >= 0.44 and slot not in started and slot != 3:  # slot 3: no face
+            started.add(slot)
+            tracker.start(("face", slot, np.zeros((4, 4, 3))), float(t), ((0, 0, 48, 48), p5))  # arrays: never compared
+    scored += tracker.finish()
+    assert sorted(item[1] for item, _ in scored) == [0, 1, 2, 4, 5, 6]
+    assert len(boxes) == len(times) - sum(int(t) == 3 for t in times)  # one patch per frame with a face
+    assert all(b == pytest.approx(mouth_box(p5)) for b in boxes)  # a still head: the box stays where it was put
+    assert all(len(s) == 1 and s[0]["mouth_motion"] > 0 and s[0]["av_offset_s"] is not None for _, s in scored)
+
+
+def test_the_nose_template_follows_the_head_and_holds_on_a_flat_frame():
+    rng = np.random.default_rng(2)
+    k = np.ones(9) / 9  # a smooth texture, as skin and shading are at the grid's scale
+    noise = rng.random((120, 160))
+    noise = np.apply_along_axis(np.convolve, 0, np.apply_along_axis(np.convolve, 1, noise, k, "same"), k, "same")
+    frame = ((noise - noise.min()) / np.ptp(noise) * 255).astype(np.uint8)
+    p5 = np.array([[55, 40], [65, 40], [95, 40], [105, 40], [80, 80]], float)  # eye distance 40
+    template, centre, step = nose_template(frame, p5)
+    assert template.shape == (20, 20) and np.allclose(centre, (80, 60)) and step == pytest.approx(1.6)
+    moved = np.roll(frame, (3, -4), axis=(0, 1))  # the head 4 px left and 3 px down
+    assert np.allclose(follow_nose(moved, template, centre, step), (76, 63), atol=1.0)
+    flat = np.full((120, 160), 90, np.uint8)
+    assert np.array_equal(follow_nose(flat, template, centre, step), centre)
+
+
+def test_the_mouth_patch_is_the_region_normalised():
+    grey = np.zeros((100, 100), np.uint8)
+    grey[50:60, 40:60] = 200  # a bright mouth in the middle of the box
+    patch = mouth_patch(grey, (50.0, 55.0, 40.0, 30.0))
+    assert patch.shape == (16 * 12,) and abs(patch.mean()) < 1e-5 and patch.std() == pytest.approx(1.0, abs=1e-3)
+    img = patch.reshape(12, 16)
+    assert img[4:8, 5:11].min() > img[:2].max()  # the bright part where it lies in the box
+    assert np.allclose(mouth_patch(grey // 2 + 10, (50.0, 55.0, 40.0, 30.0)), patch, atol=0.05)
 
 
 def test_context_frames_come_grey_in_time_order_around_each_grid_time(media):
@@ -260,35 +334,31 @@ def test_of_two_faces_the_one_whose_mouth_follows_the_voice_is_chosen():
             np.int16
         )
     other = _speechlike(n + 20, rng)
-    pts = np.zeros((68, 2))
-    pts[36:42], pts[42:48] = (0, 0), (50, 0)
 
-    def landmarks(img, box):  # each face's crop has the frame number in its first row, and which face in its second
-        j = int(img[0, 0])
-        gap = 10 + 3 * (signal[j] if img[1, 0] == 0 else other[j])
-        q = pts.copy()
-        q[61:64, 1], q[65:68, 1] = 0, gap
-        q[48:60, 1] = np.linspace(-gap / 2, gap / 2, 12)
-        return q + [box[0], 0]
+    def points(x):  # dlib's 5 points of a face whose box starts at x: eyes 40 px apart, the nose below them
+        return np.array([[x + 12, 25], [x + 28, 25], [x + 52, 25], [x + 68, 25], [x + 40, 45]], float)
+
+    texture = (np.random.default_rng(8).random((100, 400)) * 60).astype(np.uint8)
 
     def hit(k, x):
         face = Face((x, 0, x + 80, 80), [[0, 0]] * 5, 1.0, np.zeros((8, 8, 3), np.uint8), None, 2, SpeakerChoice.SYNC)
         return FaceHit(Window(k, k * SAMPLE_RATE, SAMPLE_RATE, 1.0, -20.0), k + 0.5, face)
 
-    cfg = FilterConfig()
-    tracker = AVSyncTracker(cfg, audio, 0.0, landmarks, fps)
+    cfg = FilterConfig(av_sync_mouth="pixels")
+    tracker = AVSyncTracker(cfg, audio, 0.0, fps)
     scored = []
     for j in range(n):
         t, slot = j / fps, j // 25
-        frame = np.full((100, 400), j, np.uint8)
-        frame[1:, 200:] = 1  # the right-hand face's half
-        frame[1:, :200] = 0
+        frame = texture.copy()
+        for x, level in ((10, signal[j]), (300, other[j])):  # each mouth's darkness follows its own utterance
+            frame[58:70, x + 25 : x + 55] = np.clip(128 + 60 * level, 0, 255)
         scored += tracker.push(t, frame, slot)
         if j % 25 == 12:  # the face frame: the speaker (x 10) listed first in odd slots, second in even ones
             speaker, listener = hit(slot, 10), hit(slot, 300)
             first, second = (listener, speaker) if slot % 2 == 0 else (speaker, listener)
             item = replace(first, candidates=(second,))
-            tracker.start(item, t, first.face.bbox, second.face.bbox)
+            faces = [(h.face.bbox, points(h.face.bbox[0])) for h in (first, second)]
+            tracker.start(item, t, *faces)
     scored += tracker.finish()
     chosen = [choose(item, scores)[0] for item, scores in scored]
     assert len(chosen) == 8 and all(h.face.bbox[0] == 10 for h in chosen), [h.measures for h in chosen]

@@ -40,7 +40,7 @@ class AVSyncStage:
     ):
         self.filters = filters
         self.period_s = period_s
-        self.tracker = AVSyncTracker(filters, audio.original, file_start_s, models.landmarks68, fps, shot_of)
+        self.tracker = AVSyncTracker(filters, audio.original, file_start_s, fps, shot_of, models.landmarks68)
 
     @property
     def context(self) -> tuple[float, float]:
@@ -54,7 +54,8 @@ class AVSyncStage:
 
     def start(self, hit: FaceHit) -> None:
         """Score this hit (and its candidate faces) over the frames around it (its own frame has been pushed)."""
-        self.tracker.start(hit, hit.frame_time, hit.face.bbox, *(c.face.bbox for c in hit.candidates))
+        faces = [(h.face.bbox, h.face.landmarks5) for h in (hit, *hit.candidates)]
+        self.tracker.start(hit, hit.frame_time, *faces)
 
     def finish(self) -> list[FaceHit | Verdict]:
         """The hits still open when the frames ran out."""

@@ -99,6 +99,14 @@ class Todo:
         return self.plan.store.any_youtube(NEW, REDONE)
 
 
+def optout_ids(optout_files: list[str | Path] | None = None) -> set[str]:
+    """The ids and sources opted out: the project's list and the given files."""
+    optout: set[str] = set()
+    for f in [DEFAULT_OPTOUT, *(optout_files or [])]:
+        optout |= read_optout(f)
+    return optout
+
+
 def plan_build(
     manifest_path: str | Path,
     out: str | Path,
@@ -111,9 +119,7 @@ def plan_build(
     cached and redone. `repack`: the finish rewrites every shard."""
     require_ffmpeg()
     manifest_path = Path(manifest_path)
-    optout: set[str] = set()
-    for f in [DEFAULT_OPTOUT, *(optout_files or [])]:
-        optout |= read_optout(f)
+    optout = optout_ids(optout_files)
     ctx = BuildContext(
         out=Path(out),
         cfg=cfg or Config(),
@@ -154,11 +160,8 @@ def needs_work(
 ) -> bool:
     """Whether some clip of the manifest has no final status under these settings. Stops at the first one, so
     asking costs next to nothing for a new build (a full plan reads every row)."""
-    optout: set[str] = set()
-    for f in [DEFAULT_OPTOUT, *(optout_files or [])]:
-        optout |= read_optout(f)
     ctx = BuildContext(out=Path(out), cfg=cfg, mirror=None, base_dir=Path(manifest_path).resolve().parent)
-    for item in iter_manifest(manifest_path, optout, set()):
+    for item in iter_manifest(manifest_path, optout_ids(optout_files), set()):
         if isinstance(item, Clip):
             status = read_status(ctx, item.clip_id)
             if status is None or not is_cached(status, ctx):

@@ -129,7 +129,7 @@ class RowStore:
     def _select(self, where: str, args: tuple) -> Iterator[tuple]:
         # a cursor of its own, read in chunks: other statements may run on the connection meanwhile
         cur = self.db.cursor()
-        cur.execute(f"SELECT line, state, split, data FROM rows {where} ORDER BY line", args)
+        cur.execute(f"SELECT state, split, data, status FROM rows {where} ORDER BY line", args)
         while chunk := cur.fetchmany(_FETCH):
             yield from chunk
 
@@ -137,7 +137,7 @@ class RowStore:
         """The clips in the given states (all clip states when none), in line order."""
         states = states or (CACHED, NEW, REDONE)
         marks = ",".join("?" * len(states))
-        for _, state, split, data in self._select(f"WHERE state IN ({marks})", states):
+        for state, split, data, _ in self._select(f"WHERE state IN ({marks})", states):
             d = json.loads(data)
             d["split"] = split
             yield Clip.from_dict(d), state
@@ -145,16 +145,13 @@ class RowStore:
     def rows(self) -> Iterator[tuple[Clip | ClipStatus, ClipStatus | None]]:
         """Every row in line order: (the rejected status of a row that is not processed, None), or (the Clip, its
         status when it is known here: cached at planning or reported by its batch)."""
-        cur = self.db.cursor()
-        cur.execute("SELECT state, split, data, status FROM rows ORDER BY line")
-        while chunk := cur.fetchmany(_FETCH):
-            for state, split, data, status in chunk:
-                d = json.loads(data)
-                if state == REJECTED:
-                    yield ClipStatus.from_dict(d), None
-                else:
-                    d["split"] = split
-                    yield Clip.from_dict(d), None if status is None else ClipStatus.from_dict(json.loads(status))
+        for state, split, data, status in self._select("", ()):
+            d = json.loads(data)
+            if state == REJECTED:
+                yield ClipStatus.from_dict(d), None
+            else:
+                d["split"] = split
+                yield Clip.from_dict(d), None if status is None else ClipStatus.from_dict(json.loads(status))
 
     def rejected(self, limit: int) -> list[ClipStatus]:
         q = "SELECT data FROM rows WHERE state = ? ORDER BY line LIMIT ?"

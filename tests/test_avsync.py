@@ -152,6 +152,22 @@ def test_span_measures_flag_late_and_unrelated_sound_and_a_still_mouth():
     assert short["av_sync"] is None and not short["av_unsynced"]
 
 
+def drive_tracker(tracker, frame_at, face) -> tuple[np.ndarray, list]:
+    """Context frames every 0.08 s for 7 s (`frame_at(i)`), a face frame near the middle of each 1 s slot but slot 3
+    (no face); returns the frame times and everything the tracker scored."""
+    scored = []
+    times = np.round(np.arange(0.0, 7.0, 0.08), 2)
+    started = set()
+    for i, t in enumerate(times):
+        slot = int(t)  # the grid frame of slot k is near k + 0.5
+        scored += tracker.push(float(t), frame_at(i), slot)
+        if t - slot >= 0.44 and slot not in started and slot != 3:
+            started.add(slot)
+            tracker.start(("face", slot, np.zeros((4, 4, 3))), float(t), face)  # arrays: never compared
+    scored += tracker.finish()
+    return times, scored
+
+
 def test_with_lips_the_tracker_reads_the_landmarks_on_every_frame_and_scores_every_face():
     """Face frames 1 s apart, the context frames of the whole clip: each frame gets one mouth measure, from the
     box of its own slot's face, and every face is scored once its span has passed."""
@@ -168,16 +184,7 @@ def test_with_lips_the_tracker_reads_the_landmarks_on_every_frame_and_scores_eve
         return q
 
     tracker = AVSyncTracker(cfg, audio, 0.0, 25.0, landmarks68=landmarks)
-    scored = []
-    times = np.round(np.arange(0.0, 7.0, 0.08), 2)
-    started = set()
-    for i, t in enumerate(times):
-        slot = int(t)  # the grid frame of slot k is near k + 0.5
-        scored += tracker.push(float(t), np.full((2, 2), i % 7, np.uint8), slot)
-        if t - slot >= 0.44 and slot not in started and slot != 3:  # slot 3: no face
-            started.add(slot)
-            tracker.start(("face", slot, np.zeros((4, 4, 3))), float(t), ((0, 0, 2, 2), P5))  # arrays: never compared
-    scored += tracker.finish()
+    times, scored = drive_tracker(tracker, lambda i: np.full((2, 2), i % 7, np.uint8), ((0, 0, 2, 2), P5))
     assert sorted(item[1] for item, _ in scored) == [0, 1, 2, 4, 5, 6]
     assert len(calls) == len(times) - sum(int(t) == 3 for t in times)  # one measure per frame with a face
     assert all(len(s) == 1 and s[0]["mouth_motion"] > 0 and s[0]["av_offset_s"] is not None for _, s in scored)
@@ -195,18 +202,13 @@ def test_with_pixels_the_tracker_cuts_a_patch_on_every_frame_and_scores_every_fa
     patch = avsync.mouth_patch
     monkeypatch.setattr(avsync, "mouth_patch", lambda grey, box: boxes.append(box) or patch(grey, box))
     tracker = AVSyncTracker(cfg, audio, 0.0, 25.0)
-    scored = []
-    times = np.round(np.arange(0.0, 7.0, 0.08), 2)
-    started = set()
-    for i, t in enumerate(times):
-        slot = int(t)  # the grid frame of slot k is near k + 0.5
-        frame = np.zeros((48, 48), np.uint8)
-        frame[28 : 30 + i % 7, 18:30] = 200  # a mouth opening and closing
-        scored += tracker.push(float(t), frame, slot)
-        if t - slot >= 0.44 and slot not in started and slot != 3:  # slot 3: no face
-            started.add(slot)
-            tracker.start(("face", slot, np.zeros((4, 4, 3))), float(t), ((0, 0, 48, 48), p5))  # arrays: never compared
-    scored += tracker.finish()
+
+    def frame(i: int) -> np.ndarray:
+        grey = np.zeros((48, 48), np.uint8)
+        grey[28 : 30 + i % 7, 18:30] = 200  # a mouth opening and closing
+        return grey
+
+    times, scored = drive_tracker(tracker, frame, ((0, 0, 48, 48), p5))
     assert sorted(item[1] for item, _ in scored) == [0, 1, 2, 4, 5, 6]
     assert len(boxes) == len(times) - sum(int(t) == 3 for t in times)  # one patch per frame with a face
     assert all(b == pytest.approx(mouth_box(p5)) for b in boxes)  # a still head: the box stays where it was put

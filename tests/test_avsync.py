@@ -11,7 +11,9 @@ import pytest
 
 from pipeline.avsync import (
     AVSyncTracker,
-    band_loudness,
+    AUDIO_BANDS,
+    band_levels,
+    canonical_correlations,
     follow_nose,
     mouth_box,
     mouth_opening,
@@ -19,6 +21,7 @@ from pipeline.avsync import (
     mouth_shape,
     nose_template,
     offset_profile,
+    principal_components,
     span_measures,
 )
 from pipeline.clip import BuildContext, run_clip
@@ -96,12 +99,16 @@ def test_the_mouth_box_lies_below_the_nose_and_scales_with_the_eye_distance():
     assert np.allclose(mouth_box(p5 * 2), (2 * cx, 2 * cy, 2 * w, 2 * h))  # the same face twice the size
 
 
-def test_band_loudness_is_the_speech_band_level_of_each_frame():
+def test_band_levels_are_each_band_s_level_of_each_frame():
     t = np.arange(2 * SAMPLE_RATE) / SAMPLE_RATE
-    audio = np.where(t < 1.0, 3000 * np.sin(2 * np.pi * 1000 * t), 3000 * np.sin(2 * np.pi * 60 * t)).astype(np.int16)
-    loud = band_loudness(audio, 25.0)  # 1 s of a 1 kHz tone, then 1 s of a 60 Hz hum
-    assert len(loud) == 50
-    assert loud[5:20].min() > loud[30:45].max() + 30  # the hum lies outside the speech band
+    audio = np.where(t < 1.0, 3000 * np.sin(2 * np.pi * 1000 * t), 3000 * np.sin(2 * np.pi * 300 * t)).astype(np.int16)
+    levels = band_levels(audio, 25.0)  # 1 s of a 1 kHz tone, then 1 s of a 300 Hz one
+    assert levels.shape == (50, len(AUDIO_BANDS) - 1) == (50, 4)
+    assert levels[5:20, 2].min() > levels[30:45, 2].max() + 30  # 1000-2000 Hz: the first second's tone
+    assert levels[30:45, 0].min() > levels[5:20, 0].max() + 30  # 100-500 Hz: the second's
+    assert levels[5:45, 3].max() < levels[5:20, 2].min() - 30  # 2000-4000 Hz: neither
+    hum = (3000 * np.sin(2 * np.pi * 50 * t)).astype(np.int16)
+    assert band_levels(hum, 25.0)[5:45].max() < levels[5:20, 2].min() - 30  # mains hum lies below every band
 
 
 def _speechlike(n: int, rng) -> np.ndarray:
@@ -118,12 +125,48 @@ def test_the_offset_search_finds_a_known_offset(offset):
     frames = np.arange(20, 20 + n)
     profile = offset_profile(mouth[frames], frames, loud, 15)
     assert len(profile) == 31 and int(np.argmax(profile)) - 15 == offset
-    assert profile.max() - np.median(profile) > 0.5
-    # several mouth measures, the sound following a mix of them: the multiple correlation finds the offset too
+    assert profile.max() - np.median(profile) > 0.3  # (the ridge shrinks a perfect 1-D fit's 1 to 1 / (1 + RIDGE))
+    # several mouth measures and several bands, each band following its own mix of them: the first canonical
+    # correlation finds the offset too
     parts = np.stack([_speechlike(n + 40, rng) for _ in range(3)], 1)
-    loud = np.roll(parts @ [1.0, -0.5, 0.3], offset) + 0.3 * rng.standard_normal(n + 40)
-    profile = offset_profile(parts[frames], frames, loud, 15)
-    assert int(np.argmax(profile)) - 15 == offset and profile.min() >= 0 and profile.max() - np.median(profile) > 0.5
+    bands = parts @ rng.standard_normal((3, 4)) + 0.3 * rng.standard_normal((n + 40, 4))
+    profile = offset_profile(parts[frames], frames, np.roll(bands, offset, axis=0), 15)
+    assert int(np.argmax(profile)) - 15 == offset and profile.min() >= 0 and profile.max() - np.median(profile) > 0.4
+
+
+def test_canonical_correlations_match_their_definition_and_shrink_with_the_ridge():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((200, 3))
+    Y = X @ rng.standard_normal((3, 2)) + rng.standard_normal((200, 2))
+    # unshrunk: the largest singular value of the whitened cross-covariance, i.e. the best correlation of any
+    # combination of X's columns with any of Y's; a search over many random combinations never beats it
+    r = canonical_correlations(X, Y, ridge=0.0)
+    a, b = rng.standard_normal((3, 20000)), rng.standard_normal((2, 20000))
+    xa, yb = (X - X.mean(0)) @ a, (Y - Y.mean(0)) @ b
+    tried = (xa * yb).sum(0) / np.sqrt((xa**2).sum(0) * (yb**2).sum(0))
+    assert tried.max() <= r + 1e-9 and tried.max() > r - 0.02
+    assert 0 < canonical_correlations(X, Y, ridge=0.3) < r  # shrunk
+    stack = np.stack([Y, rng.standard_normal((200, 2))])
+    assert np.allclose(canonical_correlations(X, stack, 0.3), [canonical_correlations(X, y, 0.3) for y in stack])
+    keep = np.stack([np.arange(200) < 150, np.arange(200) >= 30]).astype(float)  # rows left out: as if not there
+    assert np.allclose(
+        canonical_correlations(X, stack, 0.3, keep),
+        [canonical_correlations(X[:150], Y[:150], 0.3), canonical_correlations(X[30:], stack[1, 30:], 0.3)],
+    )
+
+
+def test_principal_components_span_the_leading_subspace():
+    rng = np.random.default_rng(4)
+    # 150 frames of a 192-pixel patch: 5 strong directions of different strength, and noise
+    X = (rng.standard_normal((150, 5)) * [9, 7, 5, 4, 3]) @ rng.standard_normal((5, 192))
+    X += rng.standard_normal((150, 192))
+    Xc = X - X.mean(0)
+    u = np.linalg.svd(Xc, full_matrices=False)[0][:, :5]
+    scores = principal_components(X, 5)
+    q = np.linalg.qr(scores)[0]
+    assert np.linalg.svd(u.T @ q, compute_uv=False).min() > 0.999  # the same subspace (cosines of its angles)
+    assert np.allclose(np.linalg.norm(scores, axis=0), np.linalg.svd(Xc, compute_uv=False)[:5], rtol=1e-3)
+    assert np.array_equal(scores, principal_components(X, 5))  # a fixed start: the same scores every time
 
 
 def test_span_measures_flag_late_and_unrelated_sound_and_a_still_mouth():
@@ -139,10 +182,10 @@ def test_span_measures_flag_late_and_unrelated_sound_and_a_still_mouth():
         return span_measures(times[:k], mouth[:k, None], loud, fps, cfg)
 
     synced = measure(mouth, signal)
-    assert abs(synced["av_offset_s"]) <= 0.04 and synced["av_sync"] > 0.5 and not synced["av_unsynced"]  # a frame
+    assert abs(synced["av_offset_s"]) <= 0.04 and synced["av_sync"] > 0.35 and not synced["av_unsynced"]  # a frame
     assert synced["av_confidence"] >= synced["av_sync"] and synced["mouth_motion"] > cfg.min_mouth_motion
     late = measure(mouth, np.roll(signal, 10))  # the sound 0.4 s late: a clear peak there, av_sync <= 0
-    assert abs(late["av_offset_s"] - 0.4) <= 0.04 and late["av_confidence"] > 0.5
+    assert abs(late["av_offset_s"] - 0.4) <= 0.04 and late["av_confidence"] > 0.35
     assert late["av_sync"] <= 0 and late["av_unsynced"]
     other = measure(mouth, _speechlike(n, rng))
     assert other["av_unsynced"] and other["av_sync"] < synced["av_sync"] - 0.3
@@ -274,7 +317,7 @@ def test_a_face_speaking_the_audio_is_kept_unflagged(sm, tmp_path):
         assert s.status == "ok" and len(metas) >= SECONDS - 2
         assert flagged_share(metas) <= 0.1, [m["av_sync"] for m in metas]
         assert s.window_flags.get("av_unsynced", 0) == sum(m["av_unsynced"] for m in metas)
-        assert s.av_sync == pytest.approx(np.median([m["av_sync"] for m in metas]), abs=1e-3) and s.av_sync > 0.4
+        assert s.av_sync == pytest.approx(np.median([m["av_sync"] for m in metas]), abs=1e-3) and s.av_sync > 0.3
         assert abs(s.av_offset_s) <= FilterConfig().av_sync_tolerance_s and s.av_confidence >= s.av_sync
         assert all(m["mouth_motion"] > FilterConfig().min_mouth_motion for m in metas)
 

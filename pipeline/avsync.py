@@ -182,8 +182,6 @@ def highpass(x: np.ndarray, w: int, smooth: int = 1) -> np.ndarray:
     return x - _moving_mean(x, max(1, w))
 
 
-
-
 def canonical_correlations(X: np.ndarray, Y: np.ndarray, ridge: float = RIDGE, weights=None) -> np.ndarray:
     """The first canonical correlation of the columns of X (n, p) with those of each Y (m, n, q) of a stack (or
     one Y (n, q): one value), over the rows `weights` (m, n) of 0 or 1 keep (all by default). Both sides are

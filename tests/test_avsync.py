@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from pipeline.avsync import (
-    AVSyncTracker,
     AUDIO_BANDS,
+    AVSyncTracker,
     band_levels,
     canonical_correlations,
     follow_nose,

@@ -141,6 +141,25 @@ class BatchesOutcome:
     disk_full: str | None = None
 
 
+def _worker_ready() -> int:
+    """Run on each Dask worker before the clips: unpickling it imports this module, and so the clip pipeline
+    (what the worker's first batch would otherwise do)."""
+    return os.getpid()
+
+
+def start_dask_workers() -> None:
+    """With a Dask runner, start the cluster (prefect-dask starts it on the first task) and have every worker
+    import the clip pipeline now: the clip work then starts on ready workers, and a worker that cannot import
+    the pipeline (another environment on another machine) fails the build here, before any clip."""
+    from prefect.context import FlowRunContext
+
+    runner = getattr(FlowRunContext.get(), "task_runner", None)
+    if type(runner).__name__ != "DaskTaskRunner":
+        return
+    ready = runner.client.run(_worker_ready)
+    print(f"Dask: {len(ready)} worker(s) ready: {', '.join(sorted(ready))}")
+
+
 def run_batches(plan: BuildPlan, workers: int, batch_clips: int, batch_seconds: float) -> BatchesOutcome:
     """Run the plan's clips as batch tasks, at most 2 per worker in flight (memory stays flat however long the
     manifest), printing one progress line a batch, with the build's ETA. After Ctrl-C, SIGTERM or a full disk no
@@ -220,6 +239,7 @@ def build_shards(
     if plan.todo.any_youtube():
         ensure_youtube_limit(cfg.download)
 
+    start_dask_workers()
     clips_started = time.perf_counter()
     outcome = run_batches(plan, workers, batch_clips, batch_seconds)
     plan.clips_seconds = round(time.perf_counter() - clips_started, 3)

@@ -131,10 +131,18 @@ def nose_template(grey: np.ndarray, landmarks5) -> tuple[np.ndarray, np.ndarray,
 def follow_nose(grey: np.ndarray, template: np.ndarray, centre: np.ndarray, step: float, reach: int = 3) -> np.ndarray:
     """Where the nose `template` (nose_template) lies in this frame, near `centre`: the shift of least squared
     difference within `reach` grid steps either way, refined to a fraction of a step by a parabola."""
-    n = template.shape[0]
-    area = _sample(grey, centre[0], centre[1], step, n + 2 * reach, n + 2 * reach)
+    n, m = template.shape[0], 2 * reach + 1
+    area = _sample(grey, centre[0], centre[1], step, n + 2 * reach, n + 2 * reach).astype(np.float64)
+    t = template.astype(np.float64)
+    # sum((w - mean(w) - t)^2) of each n x n window w, expanded: its sum of squares and sum from an integral
+    # image, its products with t in one tensordot (a third of the cost of forming every window's difference)
     win = np.lib.stride_tricks.sliding_window_view(area, (n, n))
-    ssd = ((win - win.mean((2, 3), keepdims=True) - template) ** 2).sum((2, 3))
+    cross = np.tensordot(win, t, axes=((2, 3), (0, 1)))
+    ii = np.zeros((2, n + m, n + m))
+    ii[:, 1:, 1:] = np.cumsum(np.cumsum([area, area * area], axis=1), axis=2)
+    box = ii[:, n:, n:] - ii[:, :m, n:] - ii[:, n:, :m] + ii[:, :m, :m]  # (sum, sum of squares) of each window
+    mean = box[0] / (n * n)
+    ssd = box[1] - n * n * mean**2 - 2 * cross + 2 * mean * t.sum() + float((t * t).sum())
     if ssd[reach, reach] <= ssd.min() * (1 + 1e-6) + 1e-6:
         return centre  # no better place (a flat nose region matches anywhere): the head held still
     iy, ix = np.unravel_index(int(np.argmin(ssd)), ssd.shape)

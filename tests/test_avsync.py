@@ -132,6 +132,10 @@ def test_the_offset_search_finds_a_known_offset(offset):
     bands = parts @ rng.standard_normal((3, 4)) + 0.3 * rng.standard_normal((n + 40, 4))
     profile = offset_profile(parts[frames], frames, np.roll(bands, offset, axis=0), 15)
     assert int(np.argmax(profile)) - 15 == offset and profile.min() >= 0 and profile.max() - np.median(profile) > 0.4
+    # the sound ends 5 frames after the last sample: offsets past that leave samples out, and those that leave
+    # too few to fit score 0 rather than a fit to nothing
+    short = offset_profile(parts[frames[:12]], frames[:12], bands[:37], 15)
+    assert np.all(short[15 + 10 :] == 0) and np.all(np.isfinite(short)) and short[:15].max() > 0
 
 
 def test_canonical_correlations_match_their_definition_and_shrink_with_the_ridge():

@@ -3,10 +3,11 @@ person's voice, and with its audio 0.2, 0.4 and 1.0 s late (versions made with f
 through the clip pipeline (`run_clip`, embeddings off). Prints, per version, the share of windows flagged
 `av_unsynced` and each clip's median score, against the targets (<= 10 % of in-sync windows flagged, >= 90 % of
 dubbed and >= 80 % of 0.4 s-late windows flagged; every in-sync clip above every dubbed or late clip), and the
-score's cost. The mouth is measured as `filters.av_sync_mouth` says: "lips" (the default) or "pixels".
+score's cost. The mouth is measured as the argument says, "pixels" or "lips" (without one: the config's
+default, `filters.av_sync_mouth`, pixels).
 
-    .venv/bin/python benchmarks/bench_avsync_real.py            # lips
-    .venv/bin/python benchmarks/bench_avsync_real.py pixels
+    .venv/bin/python benchmarks/bench_avsync_real.py            # the default: pixels
+    .venv/bin/python benchmarks/bench_avsync_real.py lips
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def main() -> int:
     if not clips:
         print(f"{REALVIDS} is absent: nothing to measure")
         return 0
-    mouth = sys.argv[1] if len(sys.argv) > 1 else "lips"
+    mouth = sys.argv[1] if len(sys.argv) > 1 else Config().filters.av_sync_mouth
     cfg = Config.from_dict({"faces": {"embeddings": False}, "filters": {"av_sync_mouth": mouth}})
     print(f"av_sync_mouth: {mouth}")
     clip_scores: dict[str, list[float]] = {}

@@ -31,6 +31,7 @@ landmarks.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -57,6 +58,7 @@ MOUTH_BELOW_NOSE = 0.42  # ... centred this far below the base of the nose (the 
 # frames: 0.36-0.50 eye distances, 10th-90th percentile, from dlib's 68 points)
 MIN_PATCH_MOTION = 0.03  # pixels: RMS of the high-passed mouth patches (in their std) under this: a still mouth
 # (in-sync real windows: 0.07 and more)
+SPANS_KEPT = 16  # spans' measures kept for the windows that share them (a shot's first and last few windows)
 NOSE_SIZE = 0.8  # the nose template's side in eye distances (from under the eye line to under the nose)
 
 
@@ -83,9 +85,11 @@ def mouth_patch(grey: np.ndarray, box: tuple[float, float, float, float]) -> np.
     the frame is cut at its edge."""
     cx, cy, w, h = box
     pw, ph = PATCH
-    patch = _sample(grey, cx, cy, 0.0, 2 * pw, 2 * ph, w / (2 * pw), h / (2 * ph)).reshape(ph, 2, pw, 2).mean((1, 3))
-    patch = patch.ravel() - patch.mean()
-    return patch / max(float(patch.std()), 1.0)
+    # sums of the 2x2 samples (4x their mean: the normalisation below does not see the difference)
+    patch = _sample(grey, cx, cy, 0.0, 2 * pw, 2 * ph, w / (2 * pw), h / (2 * ph)).reshape(ph, 2, pw, 2).sum((1, 3))
+    patch = patch.ravel()
+    patch -= patch.mean()
+    return patch / max(float(patch.std()), 4.0)
 
 
 def _sample(
@@ -94,9 +98,15 @@ def _sample(
     """ny x nx pixels of `grey` (nearest) on a grid of spacing `step` (or `sx` across, `sy` down) centred on
     (cx, cy), float32 (cut at the frame's edges)."""
     sx, sy = sx or step, sy or step
-    xs = np.clip(np.round(cx + (np.arange(nx) - (nx - 1) / 2) * sx).astype(np.int64), 0, grey.shape[1] - 1)
-    ys = np.clip(np.round(cy + (np.arange(ny) - (ny - 1) / 2) * sy).astype(np.int64), 0, grey.shape[0] - 1)
-    return grey[ys[:, None], xs[None, :]].astype(np.float32)
+    xs = np.clip(np.rint(cx + _centred(nx) * sx).astype(np.intp), 0, grey.shape[1] - 1)
+    ys = np.clip(np.rint(cy + _centred(ny) * sy).astype(np.intp), 0, grey.shape[0] - 1)
+    return grey[ys[:, None], xs].astype(np.float32)
+
+
+@functools.cache
+def _centred(n: int) -> np.ndarray:
+    """n grid positions centred on 0, one apart (a frame's mouth is read with the same few grids)."""
+    return np.arange(n) - (n - 1) / 2
 
 
 def face_frame(landmarks5) -> tuple[np.ndarray, np.ndarray, float]:
@@ -137,24 +147,29 @@ def follow_nose(grey: np.ndarray, template: np.ndarray, centre: np.ndarray, step
     t = template.astype(np.float64)
     # sum((w - mean(w) - t)^2) of each n x n window w, expanded: its sum of squares and sum from an integral
     # image, its products with t in one tensordot (a third of the cost of forming every window's difference)
-    win = np.lib.stride_tricks.sliding_window_view(area, (n, n))
+    win = np.lib.stride_tricks.as_strided(area, (m, m, n, n), area.strides * 2, writeable=False)
     cross = np.tensordot(win, t, axes=((2, 3), (0, 1)))
+    sq = np.empty((2, *area.shape))
+    sq[0] = area
+    np.multiply(area, area, out=sq[1])
     ii = np.zeros((2, n + m, n + m))
-    ii[:, 1:, 1:] = np.cumsum(np.cumsum([area, area * area], axis=1), axis=2)
+    ii[:, 1:, 1:] = np.cumsum(np.cumsum(sq, axis=1), axis=2)
     box = ii[:, n:, n:] - ii[:, :m, n:] - ii[:, n:, :m] + ii[:, :m, :m]  # (sum, sum of squares) of each window
     mean = box[0] / (n * n)
     ssd = box[1] - n * n * mean**2 - 2 * cross + 2 * mean * t.sum() + float((t * t).sum())
     if ssd[reach, reach] <= ssd.min() * (1 + 1e-6) + 1e-6:
         return centre  # no better place (a flat nose region matches anywhere): the head held still
-    iy, ix = np.unravel_index(int(np.argmin(ssd)), ssd.shape)
-    d = []
-    for i, line in ((iy, ssd[:, ix]), (ix, ssd[iy, :])):
-        if 0 < i < len(line) - 1:
-            den = line[i - 1] - 2 * line[i] + line[i + 1]
-            d.append(i + (0.5 * (line[i - 1] - line[i + 1]) / den if den > 0 else 0.0) - reach)
-        else:
-            d.append(i - reach)
-    return centre + np.array([d[1], d[0]]) * step
+    iy, ix = divmod(int(np.argmin(ssd)), m)
+    s = ssd.tolist()  # a few Python floats: cheaper to refine than numpy scalars
+    dy = iy - reach + (_vertex(s[iy - 1][ix], s[iy][ix], s[iy + 1][ix]) if 0 < iy < m - 1 else 0.0)
+    dx = ix - reach + (_vertex(s[iy][ix - 1], s[iy][ix], s[iy][ix + 1]) if 0 < ix < m - 1 else 0.0)
+    return centre + np.array([dx, dy]) * step
+
+
+def _vertex(a: float, b: float, c: float) -> float:
+    """Where the parabola through (-1, a), (0, b), (1, c) has its lowest point (0 when it has none)."""
+    den = a - 2 * b + c
+    return 0.5 * (a - c) / den if den > 0 else 0.0
 
 
 def band_levels(audio: np.ndarray, fps: float, n: int | None = None, edges=AUDIO_BANDS) -> np.ndarray:
@@ -362,6 +377,7 @@ class AVSyncTracker:
         self.series: list[tuple[float, float, np.ndarray, int, int]] = []  # (time since the audio's start, inner-lip
         # opening (lips), lip shape or mouth patch, shot, track)
         self.open: list[_Open] = []
+        self.spans: dict[tuple, dict] = {}  # the measures of the spans scored lately (windows may share one)
 
     def _measure(self, f: _Follow, t: float, grey: np.ndarray) -> None:
         """The mouth of face `f` on this frame. `lips`: dlib's 68 landmarks, the lip shape (and the inner-lip
@@ -466,6 +482,15 @@ class AVSyncTracker:
         c = o.centre - self.audio_start_s
         lo = min(max(c - self.half, times[0]), max(times[-1] - 2 * self.half, times[0]))  # the span, kept in the shot
         sel = np.flatnonzero((times >= lo - 1e-6) & (times <= lo + 2 * self.half + 1e-6))
+        # windows near a shot's ends share their span (kept inside the shot): score it once (the same samples:
+        # those of this track and shot between the same first and last times)
+        key = (o.shot, track, len(sel), float(times[sel[0]]), float(times[sel[-1]])) if len(sel) else None
+        if key in self.spans:
+            return dict(self.spans[key])
         mouth = np.array([series[i][2] for i in sel]).reshape(len(sel), -1)
         openings = np.array([series[i][1] for i in sel]) if self.cfg.av_sync_mouth == "lips" else None
-        return span_measures(times[sel], mouth, self.sound, self.fps, self.cfg, openings)
+        measures = span_measures(times[sel], mouth, self.sound, self.fps, self.cfg, openings)
+        self.spans[key] = measures
+        if len(self.spans) > SPANS_KEPT:
+            del self.spans[next(iter(self.spans))]  # the oldest
+        return dict(measures)

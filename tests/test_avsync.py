@@ -246,8 +246,9 @@ def test_with_pixels_the_tracker_cuts_a_patch_on_every_frame_and_scores_every_fa
     audio = np.random.default_rng(1).integers(-3000, 3000, 8 * SAMPLE_RATE).astype(np.int16)
     p5 = np.array([[10, 10], [18, 10], [30, 10], [38, 10], [24, 22]], float)
     boxes = []
-    patch = avsync.mouth_patch
+    patch, measure, spans = avsync.mouth_patch, avsync.span_measures, []
     monkeypatch.setattr(avsync, "mouth_patch", lambda grey, box: boxes.append(box) or patch(grey, box))
+    monkeypatch.setattr(avsync, "span_measures", lambda times, *a, **k: spans.append(times) or measure(times, *a, **k))
     tracker = AVSyncTracker(cfg, audio, 0.0, 25.0)
 
     def frame(i: int) -> np.ndarray:
@@ -260,6 +261,11 @@ def test_with_pixels_the_tracker_cuts_a_patch_on_every_frame_and_scores_every_fa
     assert len(boxes) == len(times) - sum(int(t) == 3 for t in times)  # one patch per frame with a face
     assert all(b == pytest.approx(mouth_box(p5)) for b in boxes)  # a still head: the box stays where it was put
     assert all(len(s) == 1 and s[0]["mouth_motion"] > 0 and s[0]["av_offset_s"] is not None for _, s in scored)
+    # spans kept inside the clip: windows 0 and 1 share [0, 4 s), windows 5 and 6 the last 4 s; each shared span
+    # is scored once, and its windows get equal measures (copies)
+    assert len(spans) == 4 and len({(t[0], t[-1]) for t in spans}) == 4
+    by_slot = {item[1]: s[0] for item, s in scored}
+    assert by_slot[0] == by_slot[1] and by_slot[5] == by_slot[6] and by_slot[0] is not by_slot[1]
 
 
 def test_the_nose_template_follows_the_head_and_holds_on_a_flat_frame():

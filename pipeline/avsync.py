@@ -258,9 +258,9 @@ def principal_components(X: np.ndarray, k: int, iterations: int = 4) -> np.ndarr
     from a fixed start (a randomised SVD, Halko et al. 2011): `iterations` products with X and X' instead of an
     eigendecomposition of a 150 x 150 Gram matrix, ~1.5 ms a span. The offset search only needs the subspace."""
     X = X - X.mean(0)
-    q = X @ _START[: X.shape[1], : min(k + 6, X.shape[1], X.shape[0])]
+    q = np.linalg.qr(X @ _START[: X.shape[1], : min(k + 6, X.shape[1], X.shape[0])])[0]
     for _ in range(iterations):
-        q, _ = np.linalg.qr(X @ (X.T @ np.linalg.qr(q)[0]))
+        q = np.linalg.qr(X @ (X.T @ q))[0]  # orthonormal again after each product
     u, sv, _ = np.linalg.svd(q.T @ X, full_matrices=False)
     return (q @ u[:, :k]) * sv[:k]
 

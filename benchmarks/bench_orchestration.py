@@ -25,15 +25,31 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "out" / "bench" / "orchestration"
 # `voiceface build` in a fresh process, as a user runs it; it reports its own peak RSS
 RUNNER = """
-import json, resource, sys, time
+import json, os, resource, sys, time
+import flows.build
 from flows.cli import main
+clip_cpu = [None]
+def cpu():
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+def timed(run_batches):
+    def run(*args, **kwargs):
+        c = cpu()
+        try:
+            return run_batches(*args, **kwargs)
+        finally:
+            clip_cpu[0] = cpu() - c
+    return run
+# the CPU time of this process and the programs it ran and waited for (ffmpeg) during the clip work: with the
+# thread runner, all of the clip work's (Dask's worker processes are not counted)
+flows.build.run_batches = timed(flows.build.run_batches)
 if __name__ == "__main__":
     t = time.perf_counter()
     main(["build", sys.argv[1], "--out", sys.argv[2], "--workers", "2", "--runner", sys.argv[3]])
     s = json.load(open(sys.argv[2] + "/summary.json"))
     print("RESULT " + json.dumps({"seconds": time.perf_counter() - t, "samples": s["samples"],
           "new": s["clips_new"], "cached": s["clips_cached"], "clips_seconds": s.get("clips_seconds"),
-          "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+          "clips_cpu_s": clip_cpu[0], "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -171,6 +187,17 @@ def scale_figures() -> dict:
             f"whole build: {one['cores_busy']:.2f} with 1 worker, {two['cores_busy']:.2f} with 2; CPU s "
             f"{one['cpu_s']:.1f} and {two['cpu_s']:.1f}"
         )
+        if runner == "thread" and one.get("clips_cpu_s"):
+            # the clip work of one worker (its Python thread and its ffmpeg decoder beside it) already keeps this
+            # many cores busy; two workers on 2 cores can at most share the 2 cores it would need
+            busy = one["clips_cpu_s"] / one["clips_seconds"]
+            figures[f"real_clips_{runner}"]["one_worker_cores_busy"] = round(busy, 3)
+            print(
+                f"  the clip work with 1 worker: {one['clips_cpu_s']:.1f} CPU s in {one['clips_seconds']:.1f} s, "
+                f"{busy:.2f} cores busy (its ffmpeg beside it), so 2 cores allow at most {2 / busy:.2f}x; "
+                f"with 2 workers {two['clips_cpu_s']:.1f} CPU s in {two['clips_seconds']:.1f} s "
+                f"({two['clips_cpu_s'] / two['clips_seconds']:.2f} cores busy)"
+            )
     return figures
 
 

@@ -7,7 +7,8 @@ takes the command's fast path (no Prefect server, no repacking). The clips are c
 2 s talking head listed under different ids, so every clip does full media work.
 
 `--scale-only` runs only the scale figures (fast-failing rows, real clips with 1 and 2 workers); `--real-only`
-only the real clips.
+only the real clips: the build with 1 and 2 workers of each runner, then the same clips through `run_clip` with no
+orchestration (1 thread, 2 threads, 2 processes), the ceiling any runner works under.
 """
 
 from __future__ import annotations
@@ -154,6 +155,61 @@ def real_clips(workers: int, runner: str) -> dict | None:
     return res
 
 
+# the same clips through `run_clip` with no orchestration at all: one thread, two threads and two (forked) processes
+# taking clips from one queue; what the clip work itself allows on this machine, whatever runs it
+CEILING = """
+import json, queue, shutil, sys, threading, time, multiprocessing as mp
+from pathlib import Path
+from pipeline.clip import BuildContext, run_clip
+from pipeline.config import Config
+from pipeline.faces import DlibModels
+from pipeline.records import Clip
+VIDS, OUT = [Path(p) for p in sys.argv[2:]], Path(sys.argv[1])
+def work(q, out):
+    DlibModels.get()
+    while True:
+        try:
+            i = q.get(timeout=0.5)
+        except queue.Empty:
+            return
+        v = VIDS[i]
+        run_clip(Clip(f"{v.stem.replace('.', '_')}_{i}", str(v), v.stem, 1), BuildContext(out=out, cfg=Config()))
+def run(kind, n):
+    out = OUT / f"{kind}-{n}"
+    shutil.rmtree(out, ignore_errors=True)
+    ctx = mp.get_context("fork")
+    q = queue.Queue() if kind == "thread" else ctx.Queue()
+    for i in range(len(VIDS)):
+        q.put(i)
+    time.sleep(0.2)  # a multiprocessing queue fills through a feeder thread
+    make = threading.Thread if kind == "thread" else ctx.Process
+    workers = [make(target=work, args=(q, out)) for _ in range(n)]
+    t = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return time.perf_counter() - t
+if __name__ == "__main__":
+    DlibModels.get()
+    print("RESULT " + json.dumps({"1 thread": run("thread", 1), "2 threads": run("thread", 2),
+                                  "2 processes": run("process", 2)}))
+"""
+
+
+def clip_work_ceiling() -> dict | None:
+    """Seconds for the real clips through `run_clip` alone: 1 thread, 2 threads, 2 processes (no Prefect, no Dask)."""
+    vids = sorted(REALVIDS.glob("*.mp4")) if REALVIDS.is_dir() else []
+    if not vids:
+        return None
+    cmd = [sys.executable, "-c", CEILING, str(fresh(OUT / "ceiling")), *map(str, vids * REAL_COPIES)]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        raise RuntimeError(f"clip work failed:\n{r.stderr[-3000:]}")
+    return json.loads(line[len("RESULT ") :])
+
+
 def children_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -198,6 +254,15 @@ def scale_figures() -> dict:
                 f"with 2 workers {two['clips_cpu_s']:.1f} CPU s in {two['clips_seconds']:.1f} s "
                 f"({two['clips_cpu_s'] / two['clips_seconds']:.2f} cores busy)"
             )
+    ceiling = clip_work_ceiling()
+    if ceiling is not None:
+        one = ceiling["1 thread"]
+        figures["real_clips_no_orchestration"] = {k: round(v, 2) for k, v in ceiling.items()}
+        print(
+            f"the same clips through run_clip alone (no Prefect, no Dask): 1 thread {one:.1f} s, 2 threads "
+            f"{ceiling['2 threads']:.1f} s ({one / ceiling['2 threads']:.2f}x), 2 processes "
+            f"{ceiling['2 processes']:.1f} s ({one / ceiling['2 processes']:.2f}x): what the clip work itself allows"
+        )
     return figures
 
 

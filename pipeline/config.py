@@ -132,7 +132,7 @@ class FilterConfig:
     av_sync_mouth: str = "pixels"  # ... the mouth as "pixels" (a 16x12 grey patch of the mouth on every frame,
     # placed from the face frame's 5 points, following the nose) or "lips" (dlib's 20 lip points on every frame,
     # ~1.2 ms each): on the real clips pixels flagged 7 % of in-sync windows, 92 % of dubbed ones and 94 % of
-    # 0.4 s-late ones at ~10 CPU-ms a window, and picked the speaking face of the interview where lips did not ...
+    # 0.4 s-late ones at ~6 CPU-ms a window, and picked the speaking face of the interview where lips did not ...
     av_sync_max_lag_s: float = 0.6  # ... at audio offsets up to this either way (±15 frames at 25 fps)
     av_sync_tolerance_s: float = 0.12  # a best offset farther from 0 than this (3 frames at 25 fps) flags the window
     min_av_sync: float = 0.05  # av_unsynced, as does av_sync (the best score within the tolerance less the median
